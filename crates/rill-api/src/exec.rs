@@ -1,0 +1,633 @@
+//! Typed building blocks of a running subtask.
+//!
+//! The runtime decides where subtasks run; this module knows how a typed
+//! subtask is assembled: the batches that travel between tasks, the
+//! partitioners that pick a receiver, the watermark valve that merges the
+//! watermarks of many input channels, and the task heads that feed a chain
+//! from its inputs. They live next to the API because only code that knows the
+//! record types can instantiate them.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender};
+use serde::{Deserialize, Serialize};
+
+use crate::element::{Data, Output, Signal};
+use crate::error::{Error, Result};
+use crate::source::{Source, SourceOutput, SourcePoll};
+use crate::time::{Timestamp, MAX_WATERMARK, MIN_WATERMARK};
+
+/// Records per batch between tasks.
+pub const BATCH_SIZE: usize = 1024;
+/// Batches buffered per input channel before senders block (backpressure).
+pub const CHANNEL_CAPACITY: usize = 16;
+
+/// The first error raised inside a subtask; the task loop checks it.
+#[derive(Clone, Default)]
+pub struct FailureSlot {
+    flag: Arc<AtomicBool>,
+    error: Arc<Mutex<Option<Error>>>,
+}
+
+impl FailureSlot {
+    pub fn fail(&self, error: Error) {
+        if let Ok(mut slot) = self.error.lock() {
+            slot.get_or_insert(error);
+        }
+        self.flag.store(true, Ordering::Release);
+    }
+
+    pub fn take(&self) -> Option<Error> {
+        if !self.flag.load(Ordering::Acquire) {
+            return None;
+        }
+        self.error.lock().ok().and_then(|mut e| e.take())
+    }
+}
+
+/// Who a subtask is.
+#[derive(Clone)]
+pub struct SubtaskInfo {
+    pub task_name: String,
+    pub uid: String,
+    pub index: usize,
+    pub parallelism: usize,
+    pub max_parallelism: usize,
+    pub failure: FailureSlot,
+}
+
+/// What travels between tasks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Event<T> {
+    Record(T, Timestamp),
+    Watermark(Timestamp),
+    Idle(bool),
+    End,
+}
+
+/// A batch of events from one upstream channel.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Batch<T> {
+    pub channel: u32,
+    pub events: Vec<Event<T>>,
+}
+
+pub type Tx<T> = Sender<Batch<T>>;
+pub type Rx<T> = Receiver<Batch<T>>;
+
+/// How records are spread over the receivers of an exchange.
+pub enum Partitioner<T> {
+    /// One fixed receiver.
+    Forward(usize),
+    /// Round robin over a set of receivers (rebalance and rescale).
+    RoundRobin { targets: Vec<usize>, next: usize },
+    /// Every receiver gets every record.
+    Broadcast,
+    /// By key group of the record's key hash.
+    Hash {
+        key_hash: KeyHasher<T>,
+        max_parallelism: usize,
+        parallelism: usize,
+    },
+}
+
+/// The stable hash of a record's key.
+pub type KeyHasher<T> = Arc<dyn Fn(&T) -> u64 + Send + Sync>;
+
+/// Writes a stream into the input channels of the receiving subtasks.
+pub struct ExchangeOutput<T> {
+    channel: u32,
+    senders: Vec<Tx<T>>,
+    buffers: Vec<Vec<Event<T>>>,
+    partitioner: Partitioner<T>,
+}
+
+impl<T: Data> ExchangeOutput<T> {
+    pub fn new(channel: u32, senders: Vec<Tx<T>>, partitioner: Partitioner<T>) -> Self {
+        let buffers = senders.iter().map(|_| Vec::with_capacity(BATCH_SIZE)).collect();
+        Self {
+            channel,
+            senders,
+            buffers,
+            partitioner,
+        }
+    }
+
+    fn send(&mut self, target: usize) {
+        let events = std::mem::replace(&mut self.buffers[target], Vec::with_capacity(BATCH_SIZE));
+        // A receiver that is gone belongs to a failed or cancelled job; the
+        // runtime stops this task too, so the batch can be dropped.
+        let _ = self.senders[target].send(Batch {
+            channel: self.channel,
+            events,
+        });
+    }
+
+    fn push(&mut self, target: usize, event: Event<T>) {
+        self.buffers[target].push(event);
+        if self.buffers[target].len() >= BATCH_SIZE {
+            self.send(target);
+        }
+    }
+
+    fn push_all(&mut self, event: Event<T>) {
+        for t in 0..self.buffers.len() {
+            self.push(t, event.clone());
+        }
+    }
+
+    fn flush(&mut self) {
+        for t in 0..self.buffers.len() {
+            if !self.buffers[t].is_empty() {
+                self.send(t);
+            }
+        }
+    }
+}
+
+impl<T: Data> Output<T> for ExchangeOutput<T> {
+    #[inline]
+    fn record(&mut self, value: T, timestamp: Timestamp) {
+        let target = match &mut self.partitioner {
+            Partitioner::Forward(t) => *t,
+            Partitioner::RoundRobin { targets, next } => {
+                *next = (*next + 1) % targets.len();
+                targets[*next]
+            }
+            Partitioner::Broadcast => {
+                return self.push_all(Event::Record(value, timestamp));
+            }
+            Partitioner::Hash {
+                key_hash,
+                max_parallelism,
+                parallelism,
+            } => rill_state::key_group::operator_index_for_hash(
+                key_hash(&value),
+                *max_parallelism,
+                *parallelism,
+            ),
+        };
+        self.push(target, Event::Record(value, timestamp));
+    }
+
+    fn signal(&mut self, signal: Signal) {
+        match signal {
+            Signal::Watermark(wm) => self.push_all(Event::Watermark(wm)),
+            Signal::Idle(idle) => self.push_all(Event::Idle(idle)),
+            Signal::Flush => self.flush(),
+            Signal::EndOfInput => {
+                self.push_all(Event::End);
+                self.flush();
+            }
+            Signal::ProcessingTime(_) => {}
+        }
+    }
+}
+
+/// Combines the watermarks of many input channels: the task's watermark is
+/// the minimum over active channels; idle channels do not hold it back; the
+/// task is idle when all its channels are.
+#[derive(Debug, Clone)]
+pub struct WatermarkValve {
+    channels: Vec<ChannelState>,
+    current: Timestamp,
+    idle: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ChannelState {
+    watermark: Timestamp,
+    idle: bool,
+    ended: bool,
+}
+
+/// What a valve update means downstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ValveOutput {
+    pub watermark: Option<Timestamp>,
+    pub idle: Option<bool>,
+}
+
+impl WatermarkValve {
+    pub fn new(channels: usize) -> Self {
+        Self {
+            channels: vec![
+                ChannelState {
+                    watermark: MIN_WATERMARK,
+                    idle: false,
+                    ended: false,
+                };
+                channels
+            ],
+            current: MIN_WATERMARK,
+            idle: false,
+        }
+    }
+
+    pub fn watermark(&mut self, channel: usize, wm: Timestamp) -> ValveOutput {
+        let mut out = ValveOutput::default();
+        if let Some(c) = self.channels.get_mut(channel) {
+            if c.idle {
+                c.idle = false;
+                if self.idle {
+                    self.idle = false;
+                    out.idle = Some(false);
+                }
+            }
+            c.watermark = c.watermark.max(wm);
+        }
+        out.watermark = self.advance();
+        out
+    }
+
+    pub fn idle(&mut self, channel: usize, idle: bool) -> ValveOutput {
+        let mut out = ValveOutput::default();
+        if let Some(c) = self.channels.get_mut(channel) {
+            c.idle = idle;
+        }
+        let all_idle = self.channels.iter().all(|c| c.idle || c.ended);
+        if all_idle != self.idle {
+            self.idle = all_idle;
+            out.idle = Some(all_idle);
+        }
+        if !all_idle {
+            out.watermark = self.advance();
+        }
+        out
+    }
+
+    /// The channel ended; returns whether every channel has ended.
+    pub fn end(&mut self, channel: usize) -> (ValveOutput, bool) {
+        if let Some(c) = self.channels.get_mut(channel) {
+            c.ended = true;
+        }
+        let out = ValveOutput {
+            watermark: self.advance(),
+            idle: None,
+        };
+        (out, self.channels.iter().all(|c| c.ended))
+    }
+
+    fn advance(&mut self) -> Option<Timestamp> {
+        let min = self
+            .channels
+            .iter()
+            .filter(|c| !c.idle && !c.ended)
+            .map(|c| c.watermark)
+            .min()
+            .unwrap_or(if self.channels.iter().all(|c| c.ended) {
+                MAX_WATERMARK
+            } else {
+                self.current
+            });
+        (min > self.current).then(|| {
+            self.current = min;
+            min
+        })
+    }
+}
+
+/// Progress of one poll of a task's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Input was processed; poll again.
+    Busy,
+    /// Nothing arrived within the timeout.
+    Idle,
+    /// Every input ended and the chain has seen the end of input.
+    Finished,
+}
+
+/// The input side of a running subtask: what the task loop drives.
+pub trait TaskInput: Send {
+    /// Processes available input, waiting at most `timeout` for some.
+    fn poll(&mut self, timeout: Duration) -> Result<Progress>;
+    /// Passes a task-level signal (ticks, flush) into the chain.
+    fn signal(&mut self, signal: Signal);
+}
+
+fn apply_valve<T>(chain: &mut dyn Output<T>, out: ValveOutput) {
+    if let Some(idle) = out.idle {
+        chain.signal(Signal::Idle(idle));
+    }
+    if let Some(wm) = out.watermark {
+        chain.signal(Signal::Watermark(wm));
+    }
+}
+
+/// Feeds a chain from one input gate.
+pub struct OneInputHead<T> {
+    rx: Rx<T>,
+    valve: WatermarkValve,
+    chain: Box<dyn Output<T>>,
+}
+
+impl<T: Data> OneInputHead<T> {
+    pub fn new(rx: Rx<T>, channels: usize, chain: Box<dyn Output<T>>) -> Self {
+        Self {
+            rx,
+            valve: WatermarkValve::new(channels),
+            chain,
+        }
+    }
+
+    fn process(&mut self, batch: Batch<T>) -> Progress {
+        let channel = batch.channel as usize;
+        for event in batch.events {
+            match event {
+                Event::Record(v, ts) => self.chain.record(v, ts),
+                Event::Watermark(wm) => {
+                    let out = self.valve.watermark(channel, wm);
+                    apply_valve(&mut *self.chain, out);
+                }
+                Event::Idle(idle) => {
+                    let out = self.valve.idle(channel, idle);
+                    apply_valve(&mut *self.chain, out);
+                }
+                Event::End => {
+                    let (out, all_ended) = self.valve.end(channel);
+                    apply_valve(&mut *self.chain, out);
+                    if all_ended {
+                        self.chain.signal(Signal::EndOfInput);
+                        return Progress::Finished;
+                    }
+                }
+            }
+        }
+        Progress::Busy
+    }
+}
+
+fn disconnected(what: &str) -> Error {
+    Error::Task {
+        task: what.to_string(),
+        message: "an upstream task stopped without finishing its stream".into(),
+    }
+}
+
+impl<T: Data> TaskInput for OneInputHead<T> {
+    fn poll(&mut self, timeout: Duration) -> Result<Progress> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(batch) => Ok(self.process(batch)),
+            Err(RecvTimeoutError::Timeout) => Ok(Progress::Idle),
+            Err(RecvTimeoutError::Disconnected) => Err(disconnected("input")),
+        }
+    }
+
+    fn signal(&mut self, signal: Signal) {
+        self.chain.signal(signal);
+    }
+}
+
+/// An operator with two inputs of different types (e.g. a stream connected
+/// with a broadcast stream). Watermarks arrive already combined.
+pub trait TwoInputOperator<A, B>: Send {
+    fn record1(&mut self, value: A, timestamp: Timestamp);
+    fn record2(&mut self, value: B, timestamp: Timestamp);
+    fn signal(&mut self, signal: Signal);
+}
+
+/// Feeds a two-input operator from two gates.
+pub struct TwoInputHead<A, B> {
+    rx1: Rx<A>,
+    rx2: Rx<B>,
+    channels1: usize,
+    ended: [bool; 2],
+    valve: WatermarkValve,
+    operator: Box<dyn TwoInputOperator<A, B>>,
+}
+
+impl<A: Data, B: Data> TwoInputHead<A, B> {
+    pub fn new(
+        rx1: Rx<A>,
+        channels1: usize,
+        rx2: Rx<B>,
+        channels2: usize,
+        operator: Box<dyn TwoInputOperator<A, B>>,
+    ) -> Self {
+        Self {
+            rx1,
+            rx2,
+            channels1,
+            ended: [false; 2],
+            valve: WatermarkValve::new(channels1 + channels2),
+            operator,
+        }
+    }
+
+    fn control(&mut self, channel: usize, event: Control) -> Progress {
+        let out = match event {
+            Control::Watermark(wm) => self.valve.watermark(channel, wm),
+            Control::Idle(idle) => self.valve.idle(channel, idle),
+            Control::End => {
+                let (out, all) = self.valve.end(channel);
+                if all {
+                    self.apply(out);
+                    self.operator.signal(Signal::EndOfInput);
+                    return Progress::Finished;
+                }
+                out
+            }
+        };
+        self.apply(out);
+        Progress::Busy
+    }
+
+    fn apply(&mut self, out: ValveOutput) {
+        if let Some(idle) = out.idle {
+            self.operator.signal(Signal::Idle(idle));
+        }
+        if let Some(wm) = out.watermark {
+            self.operator.signal(Signal::Watermark(wm));
+        }
+    }
+}
+
+enum Control {
+    Watermark(Timestamp),
+    Idle(bool),
+    End,
+}
+
+impl<A: Data, B: Data> TaskInput for TwoInputHead<A, B> {
+    fn poll(&mut self, timeout: Duration) -> Result<Progress> {
+        let mut select = Select::new();
+        let i1 = (!self.ended[0]).then(|| select.recv(&self.rx1));
+        let i2 = (!self.ended[1]).then(|| select.recv(&self.rx2));
+        let op = match select.select_timeout(timeout) {
+            Ok(op) => op,
+            Err(_) => return Ok(Progress::Idle),
+        };
+        let index = op.index();
+        if Some(index) == i1 {
+            let batch = op.recv(&self.rx1).map_err(|_| disconnected("input 1"))?;
+            let channel = batch.channel as usize;
+            for event in batch.events {
+                let progress = match event {
+                    Event::Record(v, ts) => {
+                        self.operator.record1(v, ts);
+                        continue;
+                    }
+                    Event::Watermark(wm) => self.control(channel, Control::Watermark(wm)),
+                    Event::Idle(idle) => self.control(channel, Control::Idle(idle)),
+                    Event::End => self.control(channel, Control::End),
+                };
+                if progress == Progress::Finished {
+                    return Ok(progress);
+                }
+            }
+            if self.valve.channels[..self.channels1].iter().all(|c| c.ended) {
+                self.ended[0] = true;
+            }
+        } else if Some(index) == i2 {
+            let batch = op.recv(&self.rx2).map_err(|_| disconnected("input 2"))?;
+            let channel = self.channels1 + batch.channel as usize;
+            for event in batch.events {
+                let progress = match event {
+                    Event::Record(v, ts) => {
+                        self.operator.record2(v, ts);
+                        continue;
+                    }
+                    Event::Watermark(wm) => self.control(channel, Control::Watermark(wm)),
+                    Event::Idle(idle) => self.control(channel, Control::Idle(idle)),
+                    Event::End => self.control(channel, Control::End),
+                };
+                if progress == Progress::Finished {
+                    return Ok(progress);
+                }
+            }
+            if self.valve.channels[self.channels1..].iter().all(|c| c.ended) {
+                self.ended[1] = true;
+            }
+        }
+        Ok(Progress::Busy)
+    }
+
+    fn signal(&mut self, signal: Signal) {
+        self.operator.signal(signal);
+    }
+}
+
+/// Polls a source into its chain.
+pub struct SourceHead<T> {
+    name: String,
+    source: Box<dyn Source<T>>,
+    chain: Box<dyn Output<T>>,
+    finished: bool,
+}
+
+impl<T: Send + 'static> SourceHead<T> {
+    pub fn new(name: String, source: Box<dyn Source<T>>, chain: Box<dyn Output<T>>) -> Self {
+        Self {
+            name,
+            source,
+            chain,
+            finished: false,
+        }
+    }
+}
+
+impl<T: Send + 'static> TaskInput for SourceHead<T> {
+    fn poll(&mut self, timeout: Duration) -> Result<Progress> {
+        if self.finished {
+            return Ok(Progress::Finished);
+        }
+        let mut out = SourceOutput::new(&mut *self.chain);
+        let poll = self.source.poll(&mut out).map_err(|e| match e {
+            e @ Error::Source { .. } => e,
+            other => Error::Source {
+                name: self.name.clone(),
+                message: other.to_string(),
+            },
+        })?;
+        match poll {
+            SourcePoll::Ready => Ok(Progress::Busy),
+            SourcePoll::Pending(wait) => {
+                std::thread::sleep(wait.min(timeout));
+                Ok(Progress::Idle)
+            }
+            SourcePoll::Finished => {
+                self.finished = true;
+                self.chain.signal(Signal::Watermark(MAX_WATERMARK));
+                self.chain.signal(Signal::EndOfInput);
+                Ok(Progress::Finished)
+            }
+        }
+    }
+
+    fn signal(&mut self, signal: Signal) {
+        self.chain.signal(signal);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valve_takes_minimum_over_active_channels() {
+        let mut v = WatermarkValve::new(2);
+        assert_eq!(v.watermark(0, 10).watermark, None, "channel 1 still at MIN");
+        assert_eq!(v.watermark(1, 5).watermark, Some(5));
+        assert_eq!(v.watermark(1, 20).watermark, Some(10));
+        assert_eq!(v.watermark(1, 3).watermark, None, "watermarks never go back");
+    }
+
+    #[test]
+    fn idle_channels_do_not_hold_back_watermarks() {
+        let mut v = WatermarkValve::new(2);
+        v.watermark(0, 10);
+        let out = v.idle(1, true);
+        assert_eq!(out.watermark, Some(10));
+        assert_eq!(out.idle, None, "one channel is still active");
+        assert_eq!(v.idle(0, true).idle, Some(true));
+        let out = v.watermark(1, 30);
+        assert_eq!(out.idle, Some(false));
+        assert_eq!(out.watermark, Some(30), "channel 0 is idle, so 30 passes");
+    }
+
+    #[test]
+    fn ended_channels_release_the_watermark() {
+        let mut v = WatermarkValve::new(2);
+        v.watermark(0, 7);
+        let (out, all) = v.end(1);
+        assert_eq!((out.watermark, all), (Some(7), false));
+        let (out, all) = v.end(0);
+        assert_eq!((out.watermark, all), (Some(MAX_WATERMARK), true));
+    }
+
+    #[test]
+    fn hash_exchange_routes_by_key_group() {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..3).map(|_| crossbeam_channel::unbounded()).unzip();
+        let hasher: KeyHasher<u64> = Arc::new(|v| rill_state::hash_key(v));
+        let mut ex = ExchangeOutput::new(
+            0,
+            txs,
+            Partitioner::Hash {
+                key_hash: hasher.clone(),
+                max_parallelism: 128,
+                parallelism: 3,
+            },
+        );
+        for v in 0..100u64 {
+            ex.record(v, 0);
+        }
+        ex.signal(Signal::EndOfInput);
+        let mut total = 0;
+        for (index, rx) in rxs.iter().enumerate() {
+            let range = rill_state::KeyGroupRange::for_subtask(128, 3, index).unwrap();
+            for batch in rx.try_iter() {
+                for e in batch.events {
+                    if let Event::Record(v, _) = e {
+                        let kg = rill_state::key_group::key_group_for_hash(hasher(&v), 128);
+                        assert!(range.contains(kg));
+                        total += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(total, 100);
+    }
+}

@@ -1,0 +1,655 @@
+//! Keyed state handles and the heap store behind them.
+//!
+//! A function declares its state as named handles when it is constructed, for
+//! example `ValueState::<u64>::new("count")`. The runtime keeps one
+//! [`KeyedStateStore`] per keyed operator subtask and points it at the key of
+//! the record (or timer) being processed; a handle reads and writes the value
+//! of that current key. Handles bind to their table lazily by name on first
+//! use, so restored tables can wait for the handle that knows their type.
+//!
+//! TTL follows Flink's defaults: the clock is processing time, the timestamp is
+//! refreshed on create and write (optionally on read), and expired values are
+//! never returned. Expired entries are dropped on access and by a periodic
+//! sweep ([`KeyedStateStore::advance_time`]).
+
+use std::any::Any;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use rustc_hash::FxHashMap;
+
+use crate::{AggregateFunction, StateError};
+
+/// When a TTL'd value's clock is refreshed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TtlUpdate {
+    /// Flink's `OnCreateAndWrite` (the default).
+    OnCreateAndWrite,
+    /// Flink's `OnReadAndWrite`.
+    OnReadAndWrite,
+}
+
+/// Time-to-live for a state handle, in processing time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateTtl {
+    pub ttl_ms: i64,
+    pub update: TtlUpdate,
+}
+
+impl StateTtl {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl_ms: ttl.as_millis().min(i64::MAX as u128) as i64,
+            update: TtlUpdate::OnCreateAndWrite,
+        }
+    }
+
+    pub fn refresh_on_read(mut self) -> Self {
+        self.update = TtlUpdate::OnReadAndWrite;
+        self
+    }
+}
+
+struct Stamped<S> {
+    value: S,
+    touched: i64,
+}
+
+/// One named table: current-key → state value of type `S`.
+struct Table<K, S> {
+    map: FxHashMap<K, Stamped<S>>,
+    ttl: Option<StateTtl>,
+}
+
+trait ErasedTable<K>: Send {
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    fn type_name(&self) -> &'static str;
+    fn purge_expired(&mut self, now: i64);
+    fn remove_key(&mut self, key: &K);
+    fn len(&self) -> usize;
+}
+
+impl<K: Hash + Eq + Send + 'static, S: Send + 'static> ErasedTable<K> for Table<K, S> {
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<S>()
+    }
+    fn purge_expired(&mut self, now: i64) {
+        if let Some(ttl) = self.ttl {
+            self.map
+                .retain(|_, v| now.saturating_sub(v.touched) < ttl.ttl_ms);
+        }
+    }
+    fn remove_key(&mut self, key: &K) {
+        self.map.remove(key);
+    }
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+/// The keyed state of one operator subtask, on the heap.
+pub struct KeyedStateStore<K> {
+    tables: Vec<Box<dyn ErasedTable<K>>>,
+    by_name: HashMap<String, usize>,
+    current_key: Option<K>,
+    now: i64,
+    last_sweep: i64,
+    failure: Option<StateError>,
+}
+
+impl<K: Hash + Eq + Clone + Send + 'static> Default for KeyedStateStore<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Hash + Eq + Clone + Send + 'static> KeyedStateStore<K> {
+    pub fn new() -> Self {
+        Self {
+            tables: Vec::new(),
+            by_name: HashMap::new(),
+            current_key: None,
+            now: 0,
+            last_sweep: 0,
+            failure: None,
+        }
+    }
+
+    /// Points every handle at `key` until the next call.
+    pub fn set_current_key(&mut self, key: K) {
+        self.current_key = Some(key);
+    }
+
+    pub fn current_key(&self) -> Option<&K> {
+        self.current_key.as_ref()
+    }
+
+    /// Moves the TTL clock (processing time, ms) and sweeps expired entries
+    /// at most once per second.
+    pub fn advance_time(&mut self, now_ms: i64) {
+        self.now = now_ms;
+        if now_ms - self.last_sweep >= 1000 {
+            self.last_sweep = now_ms;
+            for t in &mut self.tables {
+                t.purge_expired(now_ms);
+            }
+        }
+    }
+
+    /// Number of live entries in the named table (for tests and metrics).
+    pub fn entries(&self, name: &str) -> usize {
+        self.by_name.get(name).map_or(0, |&i| self.tables[i].len())
+    }
+
+    /// The first misuse recorded by a handle (a name used with two types).
+    /// The operator turns it into a task failure.
+    pub fn take_failure(&mut self) -> Option<StateError> {
+        self.failure.take()
+    }
+
+    fn table<S: Send + 'static>(
+        &mut self,
+        name: &str,
+        slot: &AtomicUsize,
+        ttl: Option<StateTtl>,
+    ) -> Option<&mut Table<K, S>> {
+        let index = match slot.load(Ordering::Relaxed) {
+            i if i < self.tables.len() => i,
+            _ => {
+                let i = match self.by_name.get(name) {
+                    Some(&i) => i,
+                    None => {
+                        self.tables.push(Box::new(Table::<K, S> {
+                            map: FxHashMap::default(),
+                            ttl,
+                        }));
+                        self.by_name.insert(name.to_string(), self.tables.len() - 1);
+                        self.tables.len() - 1
+                    }
+                };
+                slot.store(i, Ordering::Relaxed);
+                i
+            }
+        };
+        let table = &mut self.tables[index];
+        let existing = table.type_name();
+        match table.as_any_mut().downcast_mut::<Table<K, S>>() {
+            Some(t) => Some(t),
+            None => {
+                self.failure.get_or_insert(StateError::TypeMismatch {
+                    name: name.to_string(),
+                    existing,
+                    requested: std::any::type_name::<S>(),
+                });
+                None
+            }
+        }
+    }
+
+    /// Runs `f` on the current key's entry of a table, if it is live.
+    fn read<S: Send + 'static, R>(
+        &mut self,
+        handle: &Handle,
+        f: impl FnOnce(&mut S) -> R,
+    ) -> Option<R> {
+        let now = self.now;
+        let key = self.current_key.clone()?;
+        let table = self.table::<S>(handle.name, &handle.slot, handle.ttl)?;
+        let ttl = table.ttl;
+        let expired = match (table.map.get_mut(&key), ttl) {
+            (None, _) => return None,
+            (Some(e), Some(ttl)) if now.saturating_sub(e.touched) >= ttl.ttl_ms => true,
+            (Some(e), ttl) => {
+                if matches!(ttl, Some(t) if t.update == TtlUpdate::OnReadAndWrite) {
+                    e.touched = now;
+                }
+                return Some(f(&mut e.value));
+            }
+        };
+        if expired {
+            table.map.remove(&key);
+        }
+        None
+    }
+
+    /// Runs `f` on the current key's entry, creating it with `init` when absent
+    /// or expired, and refreshes its TTL clock.
+    fn write<S: Send + 'static, R>(
+        &mut self,
+        handle: &Handle,
+        init: impl FnOnce() -> S,
+        f: impl FnOnce(&mut S) -> R,
+    ) -> Option<R> {
+        let now = self.now;
+        let key = self.current_key.clone()?;
+        let table = self.table::<S>(handle.name, &handle.slot, handle.ttl)?;
+        let ttl = table.ttl;
+        let mut init = Some(init);
+        let entry = table.map.entry(key).or_insert_with(|| Stamped {
+            value: (init.take().expect("called once"))(),
+            touched: now,
+        });
+        if let (Some(ttl), Some(init)) = (ttl, init) {
+            if now.saturating_sub(entry.touched) >= ttl.ttl_ms {
+                entry.value = init();
+            }
+        }
+        entry.touched = now;
+        Some(f(&mut entry.value))
+    }
+
+    fn clear(&mut self, handle: &Handle) {
+        if let (Some(key), Some(&i)) = (self.current_key.as_ref(), self.by_name.get(handle.name)) {
+            self.tables[i].remove_key(key);
+        }
+    }
+}
+
+/// The name, TTL and cached table slot every handle carries.
+struct Handle {
+    name: &'static str,
+    ttl: Option<StateTtl>,
+    /// Index of the bound table in the store (`usize::MAX`: not bound yet).
+    slot: AtomicUsize,
+}
+
+impl Handle {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            ttl: None,
+            slot: AtomicUsize::new(usize::MAX),
+        }
+    }
+}
+
+impl Clone for Handle {
+    // A cloned function instance runs on another subtask with its own store,
+    // so the cached slot must not travel with it.
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name,
+            ttl: self.ttl,
+            slot: AtomicUsize::new(usize::MAX),
+        }
+    }
+}
+
+/// Anything that can reach the keyed state store of the current subtask:
+/// the store itself, or the context a keyed function is called with.
+pub trait StateAccess<K> {
+    fn state_store(&mut self) -> &mut KeyedStateStore<K>;
+}
+
+impl<K> StateAccess<K> for KeyedStateStore<K> {
+    fn state_store(&mut self) -> &mut KeyedStateStore<K> {
+        self
+    }
+}
+
+/// Bounds every key type satisfies.
+pub trait StateKey: Hash + Eq + Clone + Send + 'static {}
+impl<T: Hash + Eq + Clone + Send + 'static> StateKey for T {}
+
+macro_rules! handle_basics {
+    () => {
+        /// Expire values that were not written for the TTL (processing time).
+        pub fn with_ttl(mut self, ttl: StateTtl) -> Self {
+            self.handle.ttl = Some(ttl);
+            self
+        }
+
+        pub fn name(&self) -> &'static str {
+            self.handle.name
+        }
+
+        /// Removes the current key's value.
+        pub fn clear<K: StateKey>(&self, ctx: &mut impl StateAccess<K>) {
+            ctx.state_store().clear(&self.handle);
+        }
+    };
+}
+
+/// A single value per key (Flink's `ValueState`).
+#[derive(Clone)]
+pub struct ValueState<V> {
+    handle: Handle,
+    _v: PhantomData<fn() -> V>,
+}
+
+impl<V: Clone + Send + 'static> ValueState<V> {
+    pub fn new(name: &'static str) -> Self {
+        Self {
+            handle: Handle::new(name),
+            _v: PhantomData,
+        }
+    }
+    handle_basics!();
+
+    pub fn get<K: StateKey>(&self, ctx: &mut impl StateAccess<K>) -> Option<V> {
+        ctx.state_store().read::<V, _>(&self.handle, |v| v.clone())
+    }
+
+    pub fn set<K: StateKey>(&self, ctx: &mut impl StateAccess<K>, value: V) {
+        let cell = std::cell::RefCell::new(Some(value));
+        ctx.state_store().write::<V, _>(
+            &self.handle,
+            || cell.borrow_mut().take().expect("initialised once"),
+            |slot| {
+                if let Some(v) = cell.borrow_mut().take() {
+                    *slot = v;
+                }
+            },
+        );
+    }
+}
+
+/// A list of values per key (Flink's `ListState`).
+#[derive(Clone)]
+pub struct ListState<V> {
+    handle: Handle,
+    _v: PhantomData<fn() -> V>,
+}
+
+impl<V: Clone + Send + 'static> ListState<V> {
+    pub fn new(name: &'static str) -> Self {
+        Self {
+            handle: Handle::new(name),
+            _v: PhantomData,
+        }
+    }
+    handle_basics!();
+
+    pub fn get<K: StateKey>(&self, ctx: &mut impl StateAccess<K>) -> Vec<V> {
+        ctx.state_store()
+            .read::<Vec<V>, _>(&self.handle, |v| v.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn add<K: StateKey>(&self, ctx: &mut impl StateAccess<K>, value: V) {
+        ctx.state_store()
+            .write::<Vec<V>, _>(&self.handle, Vec::new, |list| list.push(value));
+    }
+
+    pub fn update<K: StateKey>(&self, ctx: &mut impl StateAccess<K>, values: Vec<V>) {
+        if values.is_empty() {
+            return self.clear(ctx);
+        }
+        ctx.state_store()
+            .write::<Vec<V>, _>(&self.handle, Vec::new, |list| *list = values);
+    }
+}
+
+/// A map per key (Flink's `MapState`).
+#[derive(Clone)]
+pub struct MapState<MK, MV> {
+    handle: Handle,
+    _v: PhantomData<fn() -> (MK, MV)>,
+}
+
+impl<MK: Hash + Eq + Clone + Send + 'static, MV: Clone + Send + 'static> MapState<MK, MV> {
+    pub fn new(name: &'static str) -> Self {
+        Self {
+            handle: Handle::new(name),
+            _v: PhantomData,
+        }
+    }
+    handle_basics!();
+
+    pub fn get<K: StateKey>(&self, ctx: &mut impl StateAccess<K>, key: &MK) -> Option<MV> {
+        ctx.state_store()
+            .read::<FxHashMap<MK, MV>, _>(&self.handle, |m| m.get(key).cloned())
+            .flatten()
+    }
+
+    pub fn put<K: StateKey>(&self, ctx: &mut impl StateAccess<K>, key: MK, value: MV) {
+        ctx.state_store()
+            .write::<FxHashMap<MK, MV>, _>(&self.handle, FxHashMap::default, |m| {
+                m.insert(key, value);
+            });
+    }
+
+    pub fn remove<K: StateKey>(&self, ctx: &mut impl StateAccess<K>, key: &MK) -> Option<MV> {
+        let store = ctx.state_store();
+        let (removed, now_empty) = store
+            .read::<FxHashMap<MK, MV>, _>(&self.handle, |m| (m.remove(key), m.is_empty()))?;
+        if now_empty {
+            store.clear(&self.handle);
+        }
+        removed
+    }
+
+    pub fn contains<K: StateKey>(&self, ctx: &mut impl StateAccess<K>, key: &MK) -> bool {
+        self.get(ctx, key).is_some()
+    }
+
+    /// All entries of the current key, in no particular order.
+    pub fn entries<K: StateKey>(&self, ctx: &mut impl StateAccess<K>) -> Vec<(MK, MV)> {
+        ctx.state_store()
+            .read::<FxHashMap<MK, MV>, _>(&self.handle, |m| {
+                m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A value per key folded with a reduce function (Flink's `ReducingState`).
+#[derive(Clone)]
+pub struct ReducingState<V, F> {
+    handle: Handle,
+    reduce: F,
+    _v: PhantomData<fn() -> V>,
+}
+
+impl<V: Clone + Send + 'static, F: Fn(&V, &V) -> V> ReducingState<V, F> {
+    pub fn new(name: &'static str, reduce: F) -> Self {
+        Self {
+            handle: Handle::new(name),
+            reduce,
+            _v: PhantomData,
+        }
+    }
+    handle_basics!();
+
+    pub fn get<K: StateKey>(&self, ctx: &mut impl StateAccess<K>) -> Option<V> {
+        ctx.state_store().read::<V, _>(&self.handle, |v| v.clone())
+    }
+
+    pub fn add<K: StateKey>(&self, ctx: &mut impl StateAccess<K>, value: V) {
+        let cell = std::cell::RefCell::new(Some(value));
+        let reduce = &self.reduce;
+        ctx.state_store().write::<V, _>(
+            &self.handle,
+            || cell.borrow_mut().take().expect("initialised once"),
+            |acc| {
+                if let Some(v) = cell.borrow_mut().take() {
+                    *acc = reduce(acc, &v);
+                }
+            },
+        );
+    }
+}
+
+/// An accumulator per key driven by an [`AggregateFunction`]
+/// (Flink's `AggregatingState`).
+pub struct AggregatingState<In, A> {
+    handle: Handle,
+    agg: A,
+    _v: PhantomData<fn() -> In>,
+}
+
+impl<In, A: Clone> Clone for AggregatingState<In, A> {
+    fn clone(&self) -> Self {
+        Self {
+            handle: self.handle.clone(),
+            agg: self.agg.clone(),
+            _v: PhantomData,
+        }
+    }
+}
+
+impl<In, A: AggregateFunction<In>> AggregatingState<In, A> {
+    pub fn new(name: &'static str, agg: A) -> Self {
+        Self {
+            handle: Handle::new(name),
+            agg,
+            _v: PhantomData,
+        }
+    }
+    handle_basics!();
+
+    pub fn get<K: StateKey>(&self, ctx: &mut impl StateAccess<K>) -> Option<A::Out> {
+        ctx.state_store()
+            .read::<A::Acc, _>(&self.handle, |acc| self.agg.result(acc))
+    }
+
+    pub fn add<K: StateKey>(&self, ctx: &mut impl StateAccess<K>, value: In) {
+        ctx.state_store().write::<A::Acc, _>(
+            &self.handle,
+            || self.agg.create_accumulator(),
+            |acc| self.agg.add(value, acc),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone)]
+    struct Avg;
+    impl AggregateFunction<i64> for Avg {
+        type Acc = (i64, i64);
+        type Out = f64;
+        fn create_accumulator(&self) -> (i64, i64) {
+            (0, 0)
+        }
+        fn add(&self, v: i64, acc: &mut (i64, i64)) {
+            acc.0 += v;
+            acc.1 += 1;
+        }
+        fn result(&self, acc: &(i64, i64)) -> f64 {
+            acc.0 as f64 / acc.1 as f64
+        }
+        fn merge(&self, acc: &mut (i64, i64), o: (i64, i64)) {
+            acc.0 += o.0;
+            acc.1 += o.1;
+        }
+    }
+
+    #[test]
+    fn value_state_is_per_key() {
+        let mut store = KeyedStateStore::<String>::new();
+        let count = ValueState::<u64>::new("count");
+        store.set_current_key("a".into());
+        assert_eq!(count.get(&mut store), None);
+        count.set(&mut store, 1);
+        store.set_current_key("b".into());
+        count.set(&mut store, 7);
+        store.set_current_key("a".into());
+        assert_eq!(count.get(&mut store), Some(1));
+        count.clear(&mut store);
+        assert_eq!(count.get(&mut store), None);
+        store.set_current_key("b".into());
+        assert_eq!(count.get(&mut store), Some(7));
+        assert_eq!(store.entries("count"), 1);
+    }
+
+    #[test]
+    fn list_map_reducing_aggregating() {
+        let mut store = KeyedStateStore::<u32>::new();
+        store.set_current_key(1);
+        let list = ListState::<i32>::new("l");
+        list.add(&mut store, 1);
+        list.add(&mut store, 2);
+        assert_eq!(list.get(&mut store), vec![1, 2]);
+        list.update(&mut store, vec![]);
+        assert!(list.get(&mut store).is_empty());
+
+        let map = MapState::<String, i32>::new("m");
+        map.put(&mut store, "x".into(), 1);
+        map.put(&mut store, "y".into(), 2);
+        assert_eq!(map.get(&mut store, &"y".into()), Some(2));
+        let mut entries = map.entries(&mut store);
+        entries.sort();
+        assert_eq!(entries, vec![("x".into(), 1), ("y".into(), 2)]);
+        assert_eq!(map.remove(&mut store, &"x".into()), Some(1));
+        assert_eq!(map.remove(&mut store, &"y".into()), Some(2));
+        assert_eq!(store.entries("m"), 0, "an emptied map drops the key");
+
+        let max = ReducingState::new("max", |a: &i32, b: &i32| *a.max(b));
+        for v in [3, 9, 4] {
+            max.add(&mut store, v);
+        }
+        assert_eq!(max.get(&mut store), Some(9));
+
+        let avg = AggregatingState::new("avg", Avg);
+        for v in [2, 4, 9] {
+            avg.add(&mut store, v);
+        }
+        assert_eq!(avg.get(&mut store), Some(5.0));
+    }
+
+    #[test]
+    fn ttl_expires_and_sweeps() {
+        let mut store = KeyedStateStore::<u32>::new();
+        let v = ValueState::<u8>::new("v").with_ttl(StateTtl::new(Duration::from_millis(100)));
+        store.advance_time(1_000);
+        store.set_current_key(1);
+        v.set(&mut store, 1);
+        store.set_current_key(2);
+        v.set(&mut store, 2);
+        store.advance_time(1_050);
+        assert_eq!(v.get(&mut store), Some(2), "not yet expired");
+        v.set(&mut store, 3); // refreshes key 2
+        store.advance_time(1_120);
+        store.set_current_key(1);
+        assert_eq!(v.get(&mut store), None, "key 1 expired");
+        store.set_current_key(2);
+        assert_eq!(v.get(&mut store), Some(3), "key 2 was refreshed at 1050");
+        store.advance_time(5_000);
+        assert_eq!(store.entries("v"), 0, "the sweep drops expired entries");
+    }
+
+    #[test]
+    fn expired_value_is_replaced_on_write() {
+        let mut store = KeyedStateStore::<u32>::new();
+        let list = ListState::<u8>::new("l").with_ttl(StateTtl::new(Duration::from_millis(10)));
+        store.set_current_key(1);
+        list.add(&mut store, 1);
+        store.advance_time(20);
+        list.add(&mut store, 2);
+        assert_eq!(list.get(&mut store), vec![2]);
+    }
+
+    #[test]
+    fn read_refresh_keeps_values_alive() {
+        let mut store = KeyedStateStore::<u32>::new();
+        let v = ValueState::<u8>::new("v")
+            .with_ttl(StateTtl::new(Duration::from_millis(100)).refresh_on_read());
+        store.set_current_key(1);
+        v.set(&mut store, 1);
+        for t in [50, 100, 150, 200] {
+            store.advance_time(t);
+            assert_eq!(v.get(&mut store), Some(1));
+        }
+    }
+
+    #[test]
+    fn one_name_two_types_is_reported() {
+        let mut store = KeyedStateStore::<u32>::new();
+        store.set_current_key(1);
+        ValueState::<u8>::new("x").set(&mut store, 1);
+        assert_eq!(ValueState::<String>::new("x").get(&mut store), None);
+        assert!(matches!(
+            store.take_failure(),
+            Some(StateError::TypeMismatch { .. })
+        ));
+    }
+}

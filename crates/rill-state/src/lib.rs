@@ -1,0 +1,38 @@
+//! Keyed state for Rill.
+//!
+//! State is what makes a stream job more than a pipe of functions, so it sits
+//! below every other crate. Two ideas live here:
+//!
+//! * **Key groups** ([`key_group`]): every key hashes into one of
+//!   `maxParallelism` key groups, and every parallel subtask owns a contiguous
+//!   range of them. Routing, state ownership and (later) state redistribution on
+//!   rescale all follow from that one stable function.
+//! * **State handles** ([`keyed`]): functions declare their state up front as
+//!   named handles (`ValueState`, `ListState`, `MapState`, `ReducingState`,
+//!   `AggregatingState`, optionally with a TTL) and read or write them for the
+//!   key currently being processed through a [`KeyedStateStore`].
+
+pub mod aggregate;
+pub mod key_group;
+pub mod keyed;
+
+pub use aggregate::AggregateFunction;
+pub use key_group::{hash_key, KeyGroupRange};
+pub use keyed::{StateAccess, StateKey,
+    AggregatingState, KeyedStateStore, ListState, MapState, ReducingState, StateTtl, ValueState,
+};
+
+/// Errors raised by the state layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Two handles with one name but different value types were used on one store.
+    #[error("state '{name}' is registered as {existing} but was accessed as {requested}")]
+    TypeMismatch {
+        name: String,
+        existing: &'static str,
+        requested: &'static str,
+    },
+    /// `maxParallelism` / parallelism combination that cannot be served.
+    #[error("invalid key-group configuration: {0}")]
+    InvalidKeyGroups(String),
+}
