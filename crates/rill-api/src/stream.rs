@@ -70,16 +70,19 @@ impl StreamEnv {
         self.graph.borrow_mut().max_parallelism = Some(max_parallelism.max(1));
     }
 
-    /// Adds a source; `strategy` assigns timestamps and watermarks right at it.
+    /// Adds a source; `strategy` assigns timestamps and watermarks inside the
+    /// source task, as Flink's `fromSource` does.
     pub fn from_source<T: Data>(
         &self,
         factory: impl SourceFactory<T>,
         strategy: WatermarkStrategy<T>,
         name: &str,
     ) -> DataStream<T> {
+        let needs_strategy = strategy.out_of_orderness.is_some() || strategy.timestamps.is_some();
         let build = Arc::new(SourceBuild {
             name: name.to_string(),
             factory,
+            strategy: needs_strategy.then_some(strategy),
             _t: PhantomData,
         });
         let node = add_node(
@@ -90,11 +93,7 @@ impl StreamEnv {
             NodeKind::Source(build),
             false,
         );
-        let source = DataStream::new(self.graph.clone(), node);
-        if strategy.out_of_orderness.is_none() && strategy.timestamps.is_none() {
-            return source;
-        }
-        source.assign_timestamps_and_watermarks(strategy)
+        DataStream::new(self.graph.clone(), node)
     }
 
     /// A small in-memory source with parallelism 1.
@@ -116,6 +115,7 @@ impl StreamEnv {
 struct SourceBuild<T, S> {
     name: String,
     factory: S,
+    strategy: Option<WatermarkStrategy<T>>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -124,8 +124,12 @@ impl<T: Data, S: SourceFactory<T>> BuildSource for SourceBuild<T, S> {
         let chain = chain
             .downcast::<Box<dyn Output<T>>>()
             .map_err(|_| crate::Error::Graph("source output type".into()))?;
+        let chain: Box<dyn Output<T>> = match &self.strategy {
+            Some(strategy) => Box::new(TimestampsAndWatermarks::new(strategy.clone(), *chain)),
+            None => *chain,
+        };
         let source = self.factory.create(info.index, info.parallelism)?;
-        Ok(Box::new(SourceHead::new(self.name.clone(), source, *chain)))
+        Ok(Box::new(SourceHead::new(self.name.clone(), source, chain)))
     }
 }
 

@@ -6,6 +6,12 @@
 //! periodically (`pipeline.auto-watermark-interval`, 200 ms by default) or after
 //! every record; a stream that sees no records for its idleness timeout is
 //! marked idle so it does not hold back downstream watermarks.
+//!
+//! Periodic emission also happens every [`RECORDS_PER_PERIODIC_WATERMARK`]
+//! records. A fast source can move event time thousands of times faster than
+//! the wall clock; waiting 200 ms between watermarks would then keep hundreds
+//! of windows per key open and make state (and latency) grow with throughput.
+//! The watermark values are the same, they only reach the operators sooner.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +32,9 @@ pub fn now_ms() -> Timestamp {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// Periodic strategies also emit after this many records.
+pub const RECORDS_PER_PERIODIC_WATERMARK: u32 = 4096;
 
 /// When a strategy hands its watermark downstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +131,7 @@ pub struct TimestampsAndWatermarks<T> {
     last_record_at: Timestamp,
     idle: bool,
     seen_since_tick: bool,
+    since_emit: u32,
 }
 
 impl<T: Send> TimestampsAndWatermarks<T> {
@@ -135,6 +145,7 @@ impl<T: Send> TimestampsAndWatermarks<T> {
             last_record_at: now_ms(),
             idle: false,
             seen_since_tick: false,
+            since_emit: 0,
         }
     }
 
@@ -169,8 +180,15 @@ impl<T: Send> Output<T> for TimestampsAndWatermarks<T> {
             self.out.signal(Signal::Idle(false));
         }
         self.out.record(value, ts);
-        if self.strategy.emission == Emission::PerRecord {
-            self.emit_if_advanced();
+        match self.strategy.emission {
+            Emission::PerRecord => self.emit_if_advanced(),
+            Emission::Periodic(_) => {
+                self.since_emit += 1;
+                if self.since_emit >= RECORDS_PER_PERIODIC_WATERMARK {
+                    self.since_emit = 0;
+                    self.emit_if_advanced();
+                }
+            }
         }
     }
 

@@ -43,12 +43,10 @@ impl<W, Acc, S: Default> Slot<W, Acc, S> {
 }
 
 type Queue<K, W> = BTreeMap<Timestamp, Vec<(K, W)>>;
-type Slots<T, A, Tr, F, K> = SmallVec<
-    [Slot<
-        <A as WindowAssigner<T>>::W,
-        <F as WindowFunction<K, T, <A as WindowAssigner<T>>::W>>::Acc,
-        <Tr as Trigger<T, <A as WindowAssigner<T>>::W>>::State,
-    >; 1],
+type SlotOf<T, A, Tr, F, K> = Slot<
+    <A as WindowAssigner<T>>::W,
+    <F as WindowFunction<K, T, <A as WindowAssigner<T>>::W>>::Acc,
+    <Tr as Trigger<T, <A as WindowAssigner<T>>::W>>::State,
 >;
 
 /// Keyed windows with a trigger, allowed lateness and late-data side output.
@@ -64,7 +62,10 @@ where
     key_of: KS,
     allowed_lateness: i64,
     late: Option<OutputTag<T>>,
-    keys: FxHashMap<K, Slots<T, A, Tr, F, K>>,
+    /// Open windows by (key, window).
+    windows: FxHashMap<(K, A::W), SlotOf<T, A, Tr, F, K>>,
+    /// The open windows of each key, kept for merging assigners only.
+    sessions: FxHashMap<K, SmallVec<[A::W; 2]>>,
     event_timers: Queue<K, A::W>,
     processing_timers: Queue<K, A::W>,
     out: Box<dyn Output<F::Out>>,
@@ -153,7 +154,8 @@ where
             key_of,
             allowed_lateness: allowed_lateness.max(0),
             late,
-            keys: FxHashMap::default(),
+            windows: FxHashMap::default(),
+            sessions: FxHashMap::default(),
             event_timers: BTreeMap::new(),
             processing_timers: BTreeMap::new(),
             out,
@@ -167,7 +169,7 @@ where
 
     /// Number of open (key, window) pairs; for tests and metrics.
     pub fn open_windows(&self) -> usize {
-        self.keys.values().map(|s| s.len()).sum()
+        self.windows.len()
     }
 
     fn cleanup_time(&self, w: &A::W) -> Timestamp {
@@ -205,14 +207,11 @@ where
         }
     }
 
-    /// Adds `value` to the window `slot_index` of `key` and acts on the trigger.
-    fn add_to_window(&mut self, key: &K, slot_index: usize, value: T, ts: Timestamp) {
-        let cleanup = {
-            let w = &self.keys[key][slot_index].window;
-            self.cleanup_request(w)
-        };
+    /// Adds `value` to the window `window` of `key` and acts on the trigger.
+    fn add_to_window(&mut self, key: K, window: A::W, value: T, ts: Timestamp) {
+        let cleanup = self.cleanup_request(&window);
         let Self {
-            keys,
+            windows,
             trigger,
             function,
             requests,
@@ -223,9 +222,10 @@ where
             processing_time,
             ..
         } = self;
-        let Some(slot) = keys.get_mut(key).and_then(|s| s.get_mut(slot_index)) else {
-            return;
-        };
+        let entry = windows.entry((key, window));
+        let (key, _) = entry.key();
+        let key = key.clone();
+        let slot = entry.or_insert_with_key(|(_, w)| Slot::new(w.clone()));
         // A trigger never sees window contents, so asking it before adding the
         // element gives Flink's result without cloning the element.
         let result = trigger.on_element(
@@ -246,50 +246,32 @@ where
                 out: &mut **out,
                 timestamp: slot.window.max_timestamp(),
             };
-            function.emit(key, &slot.window, acc, &mut output);
+            function.emit(&key, &slot.window, acc, &mut output);
         }
         if result.is_purge() {
             slot.acc = None;
         }
         requests.extend(cleanup);
-        apply_requests(requests, key, slot, event_timers, processing_timers);
+        apply_requests(requests, &key, slot, event_timers, processing_timers);
     }
 
     fn process_non_merging(&mut self, key: K, value: T, ts: Timestamp, windows: SmallVec<[A::W; 4]>) {
-        let live: SmallVec<[A::W; 4]> = windows
+        let mut live: SmallVec<[A::W; 4]> = windows
             .into_iter()
             .filter(|w| !self.is_window_late(w))
             .collect();
-        if live.is_empty() {
+        let Some(last) = live.pop() else {
             return self.late_element(value, ts);
+        };
+        for w in live {
+            self.add_to_window(key.clone(), w, value.clone(), ts);
         }
-        let slots = self.keys.entry(key.clone()).or_default();
-        let indices: SmallVec<[usize; 4]> = live
-            .into_iter()
-            .map(|w| match slots.iter().position(|s| s.window == w) {
-                Some(i) => i,
-                None => {
-                    slots.push(Slot::new(w));
-                    slots.len() - 1
-                }
-            })
-            .collect();
-        let last = indices.len() - 1;
-        let mut value = Some(value);
-        for (n, &i) in indices.iter().enumerate() {
-            let v = if n == last {
-                value.take().expect("moved only for the last window")
-            } else {
-                value.clone().expect("present until the last window")
-            };
-            self.add_to_window(&key, i, v, ts);
-        }
+        self.add_to_window(key, last, value, ts);
     }
 
     fn process_merging(&mut self, key: K, value: T, ts: Timestamp, new_window: A::W) {
-        // The key's windows leave the map while they are merged.
-        let mut slots = self.keys.remove(&key).unwrap_or_default();
-        let mut all: Vec<A::W> = slots.iter().map(|s| s.window.clone()).collect();
+        let mut open = self.sessions.remove(&key).unwrap_or_default();
+        let mut all: Vec<A::W> = open.to_vec();
         if !all.contains(&new_window) {
             all.push(new_window.clone());
         }
@@ -305,10 +287,10 @@ where
             let mut merged_acc: Option<F::Acc> = None;
             let mut states = Vec::with_capacity(members.len());
             for m in &members {
-                let Some(pos) = slots.iter().position(|s| s.window == *m) else {
+                open.retain(|w| w != m);
+                let Some(mut old) = self.windows.remove(&(key.clone(), m.clone())) else {
                     continue;
                 };
-                let mut old = slots.remove(pos);
                 self.trigger.clear(
                     &old.window,
                     &mut TriggerContext {
@@ -346,26 +328,22 @@ where
                 &mut self.event_timers,
                 &mut self.processing_timers,
             );
-            slots.push(slot);
+            self.windows.insert((key.clone(), result.clone()), slot);
+            open.push(result);
         }
         if self.is_window_late(&actual) {
             // Only a brand-new window can be late (merging with a live window
             // yields a live one); nothing is stored for it.
-            slots.retain(|s| s.window != actual);
-            if !slots.is_empty() {
-                self.keys.insert(key, slots);
+            if !open.is_empty() {
+                self.sessions.insert(key, open);
             }
             return self.late_element(value, ts);
         }
-        let index = match slots.iter().position(|s| s.window == actual) {
-            Some(i) => i,
-            None => {
-                slots.push(Slot::new(actual));
-                slots.len() - 1
-            }
-        };
-        self.keys.insert(key.clone(), slots);
-        self.add_to_window(&key, index, value, ts);
+        if !open.contains(&actual) {
+            open.push(actual.clone());
+        }
+        self.sessions.insert(key.clone(), open);
+        self.add_to_window(key, actual, value, ts);
     }
 
     fn fire_timers(&mut self, domain: TimeDomain, up_to: Timestamp) {
@@ -386,8 +364,10 @@ where
             TimeDomain::EventTime => self.assigner.is_event_time(),
             TimeDomain::ProcessingTime => !self.assigner.is_event_time(),
         } && self.cleanup_time(&window) == time;
+        let id = (key, window);
         let Self {
-            keys,
+            windows,
+            sessions,
             trigger,
             function,
             requests,
@@ -398,13 +378,9 @@ where
             processing_time,
             ..
         } = self;
-        let Some(slots) = keys.get_mut(&key) else {
+        let Some(slot) = windows.get_mut(&id) else {
             return;
         };
-        let Some(index) = slots.iter().position(|s| s.window == window) else {
-            return;
-        };
-        let slot = &mut slots[index];
         let timers = match domain {
             TimeDomain::EventTime => &mut slot.event_timers,
             TimeDomain::ProcessingTime => &mut slot.processing_timers,
@@ -429,7 +405,7 @@ where
                     out: &mut **out,
                     timestamp: slot.window.max_timestamp(),
                 };
-                function.emit(&key, &slot.window, acc, &mut output);
+                function.emit(&id.0, &slot.window, acc, &mut output);
             }
         }
         if result.is_purge() {
@@ -437,12 +413,17 @@ where
         }
         if is_cleanup {
             requests.clear();
-            slots.swap_remove(index);
-            if slots.is_empty() {
-                keys.remove(&key);
+            windows.remove(&id);
+            if self.assigner.is_merging() {
+                if let Some(open) = sessions.get_mut(&id.0) {
+                    open.retain(|w| *w != id.1);
+                    if open.is_empty() {
+                        sessions.remove(&id.0);
+                    }
+                }
             }
         } else {
-            apply_requests(requests, &key, slot, event_timers, processing_timers);
+            apply_requests(requests, &id.0, slot, event_timers, processing_timers);
         }
     }
 }

@@ -1,0 +1,5 @@
+//! The default `rill` binary: the command line with the example catalogue.
+
+fn main() {
+    rill::main(rill_examples::catalog());
+}

@@ -1,0 +1,31 @@
+//! The Rill runtime: turns a [`JobGraph`](rill_api::graph::JobGraph) into
+//! running subtasks.
+//!
+//! * [`plan`] decides which operators share a task (chaining) — a pure
+//!   function of the graph;
+//! * [`local`] runs every subtask of a plan as a thread of this process,
+//!   connected by bounded channels (the embedded mini cluster behind
+//!   `rill run`).
+
+pub mod local;
+pub mod plan;
+
+pub use local::{JobReport, LocalExecutor};
+pub use plan::Plan;
+
+/// Why a job did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The job graph or one of its operators rejected the job.
+    #[error(transparent)]
+    Api(#[from] rill_api::Error),
+    /// A task failed while running.
+    #[error("task '{task}' failed: {message}")]
+    TaskFailed { task: String, message: String },
+    /// The job was cancelled.
+    #[error("job cancelled")]
+    Cancelled,
+    /// A thread could not be started.
+    #[error("cannot start task thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}

@@ -1,0 +1,235 @@
+//! The `rill` command line, shared by every binary built with [`crate::main`].
+//!
+//! Options that belong to Rill (`-D key=value`, `--parallelism`, `-p`) are
+//! accepted before and after the job entry; everything else after the entry
+//! is the job's own arguments.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use rill_api::{Catalog, Configuration, JobArgs};
+
+#[derive(Parser, Debug)]
+#[command(name = "rill", version, about = "Stateful stream processing in Rust")]
+struct Cli {
+    /// Directory holding config.yaml.
+    #[arg(long, global = true, env = "RILL_CONF_DIR")]
+    config_dir: Option<PathBuf>,
+    /// Configuration override, Flink style (repeatable).
+    #[arg(short = 'D', global = true, value_name = "KEY=VALUE")]
+    dynamic: Vec<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a job of this binary's catalogue in an embedded mini cluster.
+    Run {
+        /// Catalogue entry.
+        entry: String,
+        /// Job arguments (plus --parallelism P and -D key=value).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Print a job's operators, parallelism and chaining without running it.
+    Plan {
+        entry: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// List the jobs compiled into this binary.
+    Entries,
+    /// Benchmarks that print events per second.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum Bench {
+    /// Keyed 10 s tumbling-window COUNT/SUM over generated events.
+    Window {
+        #[arg(long, default_value_t = 50_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+        #[arg(long, short = 'p', default_value_t = 1)]
+        parallelism: usize,
+        /// Repeat and report each run (the last line is the best run).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+    },
+}
+
+/// Rill's own options found among a job's arguments.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Split {
+    job: Vec<String>,
+    dynamic: Vec<String>,
+    parallelism: Option<String>,
+}
+
+fn split_args(args: Vec<String>) -> Split {
+    let mut split = Split::default();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-D" => split.dynamic.extend(it.next()),
+            "--parallelism" | "-p" => split.parallelism = it.next(),
+            _ => {
+                if let Some(kv) = a.strip_prefix("-D").filter(|kv| !kv.is_empty()) {
+                    split.dynamic.push(kv.to_string());
+                } else if let Some(p) = a.strip_prefix("--parallelism=") {
+                    split.parallelism = Some(p.to_string());
+                } else {
+                    split.job.push(a);
+                }
+            }
+        }
+    }
+    split
+}
+
+fn configuration(cli: &Cli, extra: &[String], parallelism: Option<&str>) -> Result<Configuration, String> {
+    let mut config = match &cli.config_dir {
+        Some(dir) => Configuration::load_dir(dir).map_err(|e| e.to_string())?,
+        None => Configuration::new(),
+    };
+    for kv in cli.dynamic.iter().chain(extra) {
+        config.apply_override(kv).map_err(|e| e.to_string())?;
+    }
+    if let Some(p) = parallelism {
+        config
+            .set("parallelism.default", p)
+            .map_err(|e| e.to_string())?;
+        config.parallelism().map_err(|e| e.to_string())?;
+    }
+    Ok(config)
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn run<I, T>(catalog: Catalog, args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    init_logging(cli.log_json);
+    match execute(&cli, &catalog) {
+        Ok(()) => 0,
+        Err(message) => {
+            eprintln!("error: {message}");
+            1
+        }
+    }
+}
+
+fn execute(cli: &Cli, catalog: &Catalog) -> Result<(), String> {
+    // Validate the configuration for every command, so typos never pass silently.
+    configuration(cli, &[], None)?;
+    match &cli.command {
+        Command::Entries => {
+            for name in catalog.names() {
+                println!("{name}");
+            }
+            Ok(())
+        }
+        Command::Run { entry, args } | Command::Plan { entry, args } => {
+            let split = split_args(args.clone());
+            let config = configuration(cli, &split.dynamic, split.parallelism.as_deref())?;
+            let entry = catalog.get(entry).map_err(|e| e.to_string())?;
+            let job_args = JobArgs::parse(split.job);
+            if matches!(cli.command, Command::Plan { .. }) {
+                let graph = crate::build_job(entry, &job_args, config).map_err(|e| e.to_string())?;
+                print!("{}", graph.describe());
+                return Ok(());
+            }
+            let report = crate::run_local(entry, &job_args, config).map_err(|e| e.to_string())?;
+            tracing::info!(job = %report.job, seconds = report.duration.as_secs_f64(), "job finished");
+            eprintln!(
+                "job '{}' finished in {:.3} s ({} tasks)",
+                report.job,
+                report.duration.as_secs_f64(),
+                report.tasks
+            );
+            Ok(())
+        }
+        Command::Bench {
+            which:
+                Bench::Window {
+                    events,
+                    keys,
+                    parallelism,
+                    runs,
+                },
+        } => {
+            println!("bench window: events={events} keys={keys} parallelism={parallelism}");
+            let mut best: Option<crate::bench::BenchResult> = None;
+            for run in 1..=(*runs).max(1) {
+                let r = crate::bench::run_window(*events, *keys, *parallelism)
+                    .map_err(|e| e.to_string())?;
+                if *runs > 1 {
+                    println!("run {run}: seconds={:.3} rate={:.0}/s", r.seconds, r.rate());
+                }
+                if best.is_none_or(|b| r.seconds < b.seconds) {
+                    best = Some(r);
+                }
+            }
+            if let Some(b) = best {
+                println!("events={} seconds={:.3} rate={:.0}/s", b.events, b.seconds, b.rate());
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rill_options_are_taken_out_of_job_args() {
+        let s = split_args(
+            ["--input", "f", "--parallelism", "4", "-D", "a=b", "-Dc=d", "--window", "x"]
+                .map(String::from)
+                .to_vec(),
+        );
+        assert_eq!(s.job, ["--input", "f", "--window", "x"].map(String::from).to_vec());
+        assert_eq!(s.dynamic, vec!["a=b".to_string(), "c=d".to_string()]);
+        assert_eq!(s.parallelism.as_deref(), Some("4"));
+    }
+
+    #[test]
+    fn bad_invocations_exit_non_zero() {
+        let catalog = Catalog::default();
+        assert_eq!(run(catalog.clone(), ["rill", "run", "nope"]), 1);
+        assert_eq!(run(catalog.clone(), ["rill", "frobnicate"]), 2);
+        assert_eq!(run(catalog.clone(), ["rill", "-D", "no.such.key=1", "entries"]), 1);
+        assert_eq!(run(catalog, ["rill", "entries"]), 0);
+    }
+}

@@ -1,0 +1,197 @@
+//! The window-semantics contract, checked from outside:
+//!
+//! `rill run windowed-sum --input FILE --output DIR --window SPEC
+//!   --out-of-orderness MS [--allowed-lateness MS] [--rate EVENTS_PER_SECOND]
+//!   [--parallelism P]`
+//!
+//! * FILE: lines `key,event_time_ms,value`, read by one source subtask in order;
+//! * the watermark after every record is `max_event_time - out_of_orderness - 1`,
+//!   and `+inf` at end of input;
+//! * SPEC: `tumbling:SIZE`, `sliding:SIZE:SLIDE`, `session:GAP` (ms, epoch-aligned);
+//! * `DIR/windows.csv`: a line `key,window_start,window_end,count,sum` per firing;
+//! * `DIR/late.csv`: input lines dropped as late for every window they belong to.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use rill::api::{Error, Result};
+use rill::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// One input line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reading {
+    pub key: String,
+    pub ts: i64,
+    pub value: i64,
+    pub line: String,
+}
+
+/// Parses `key,event_time_ms,value`; blank lines are skipped.
+pub fn parse_reading(line: &str, _: u64) -> std::result::Result<Option<Reading>, String> {
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    let mut parts = line.split(',');
+    let (Some(key), Some(ts), Some(value), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(format!("expected key,event_time_ms,value but got '{line}'"));
+    };
+    let ts = ts
+        .trim()
+        .parse()
+        .map_err(|_| format!("event time '{ts}' is not an integer"))?;
+    let value = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("value '{value}' is not an integer"))?;
+    Ok(Some(Reading {
+        key: key.to_string(),
+        ts,
+        value,
+        line: line.to_string(),
+    }))
+}
+
+/// A window specification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowSpec {
+    Tumbling(i64),
+    Sliding(i64, i64),
+    Session(i64),
+}
+
+impl FromStr for WindowSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::Args(format!("--window '{s}': expected tumbling:SIZE, sliding:SIZE:SLIDE or session:GAP"));
+        let num = |v: &str| v.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(bad);
+        let parts: Vec<&str> = s.split(':').collect();
+        match parts.as_slice() {
+            ["tumbling", size] => Ok(WindowSpec::Tumbling(num(size)?)),
+            ["sliding", size, slide] => Ok(WindowSpec::Sliding(num(size)?, num(slide)?)),
+            ["session", gap] => Ok(WindowSpec::Session(num(gap)?)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// COUNT and SUM per window (the sum is exact, in 128 bits).
+#[derive(Debug, Clone, Copy)]
+pub struct CountSum;
+
+impl AggregateFunction<Reading> for CountSum {
+    type Acc = (u64, i128);
+    type Out = (u64, i128);
+    fn create_accumulator(&self) -> (u64, i128) {
+        (0, 0)
+    }
+    fn add(&self, r: Reading, acc: &mut (u64, i128)) {
+        acc.0 += 1;
+        acc.1 += r.value as i128;
+    }
+    fn result(&self, acc: &(u64, i128)) -> (u64, i128) {
+        *acc
+    }
+    fn merge(&self, acc: &mut (u64, i128), o: (u64, i128)) {
+        acc.0 += o.0;
+        acc.1 += o.1;
+    }
+}
+
+fn count_sum<A>(
+    windows: WindowedStream<String, Reading, A, A::DefaultTrigger>,
+    lateness: i64,
+    late: &OutputTag<Reading>,
+) -> DataStream<String>
+where
+    A: WindowAssigner<Reading, W = TimeWindow>,
+{
+    windows
+        .allowed_lateness(lateness)
+        .side_output_late_data(late)
+        .aggregate_with(CountSum, |key: &String, w: &TimeWindow, (count, sum), out| {
+            out.emit(format!("{key},{},{},{count},{sum}", w.start, w.end))
+        })
+        .uid("windows")
+}
+
+pub fn windowed_sum(env: &mut StreamEnv, args: &JobArgs) -> Result<()> {
+    crate::only_known(
+        args,
+        &["input", "output", "window", "out-of-orderness", "allowed-lateness", "rate"],
+    )?;
+    let input = PathBuf::from(args.required("input")?);
+    let output = PathBuf::from(args.required("output")?);
+    let spec: WindowSpec = args.required("window")?.parse()?;
+    let out_of_orderness: i64 = args
+        .parse_opt("out-of-orderness")?
+        .ok_or_else(|| Error::Args("missing --out-of-orderness".into()))?;
+    let lateness: i64 = args.parse_or("allowed-lateness", 0)?;
+    if out_of_orderness < 0 || lateness < 0 {
+        return Err(Error::Args("durations must not be negative".into()));
+    }
+    let mut source = TextFileSource::parsed(input, parse_reading);
+    if let Some(rate) = args.parse_opt::<f64>("rate")? {
+        if rate <= 0.0 {
+            return Err(Error::Args("--rate must be positive".into()));
+        }
+        source = source.rate(rate);
+    }
+
+    let readings = env
+        .from_source(
+            source,
+            WatermarkStrategy::bounded_out_of_orderness(out_of_orderness)
+                .with_timestamp_assigner(|r: &Reading, _| r.ts)
+                .per_record(),
+            "readings",
+        )
+        .set_parallelism(1)
+        .uid("readings");
+    let keyed = readings.key_by(|r: &Reading| r.key.clone());
+    let late = OutputTag::<Reading>::new("late");
+    let windows = match spec {
+        WindowSpec::Tumbling(size) => count_sum(keyed.window(TumblingEventTimeWindows::of(size)), lateness, &late),
+        WindowSpec::Sliding(size, slide) => {
+            count_sum(keyed.window(SlidingEventTimeWindows::of(size, slide)), lateness, &late)
+        }
+        WindowSpec::Session(gap) => count_sum(keyed.window(EventTimeSessionWindows::with_gap(gap)), lateness, &late),
+    };
+    windows
+        .sink_to(TextFileSink::new(output.join("windows.csv"), String::clone), "windows.csv")
+        .set_parallelism(1)
+        .uid("windows-sink");
+    windows
+        .side_output(&late)
+        .map(|r: Reading| r.line)
+        .sink_to(TextFileSink::new(output.join("late.csv"), String::clone), "late.csv")
+        .set_parallelism(1)
+        .uid("late-sink");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse() {
+        assert_eq!("tumbling:10".parse::<WindowSpec>().unwrap(), WindowSpec::Tumbling(10));
+        assert_eq!("sliding:10:5".parse::<WindowSpec>().unwrap(), WindowSpec::Sliding(10, 5));
+        assert_eq!("session:3".parse::<WindowSpec>().unwrap(), WindowSpec::Session(3));
+        for bad in ["tumbling", "tumbling:0", "sliding:10", "hopping:1", "session:-1"] {
+            assert!(bad.parse::<WindowSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn lines_parse() {
+        let r = parse_reading("a,10,-3", 1).unwrap().unwrap();
+        assert_eq!((r.key.as_str(), r.ts, r.value), ("a", 10, -3));
+        assert!(parse_reading("", 2).unwrap().is_none());
+        assert!(parse_reading("a,10", 3).is_err());
+        assert!(parse_reading("a,x,1", 3).is_err());
+        assert!(parse_reading("a,1,2,3", 3).is_err());
+    }
+}
