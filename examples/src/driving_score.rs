@@ -34,7 +34,9 @@ impl DriveEvent {
         }
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
         let [driver, time, speed, accel, end] = f.as_slice() else {
-            return Err(format!("expected driver,time_ms,speed_kmh,accel_ms2,end but got '{line}'"));
+            return Err(format!(
+                "expected driver,time_ms,speed_kmh,accel_ms2,end but got '{line}'"
+            ));
         };
         let bad = |what: &str| format!("{what} is not a number in '{line}'");
         Ok(Some(DriveEvent {
@@ -151,7 +153,12 @@ impl Trigger<DriveEvent, TimeWindow> for EndOfTripTrigger {
         true
     }
 
-    fn on_merge(&self, w: &TimeWindow, merged: Vec<TripState>, ctx: &mut TriggerContext<'_, TripState>) {
+    fn on_merge(
+        &self,
+        w: &TimeWindow,
+        merged: Vec<TripState>,
+        ctx: &mut TriggerContext<'_, TripState>,
+    ) {
         ctx.state.ended = merged.iter().any(|s| s.ended);
         ctx.state.dirty = merged.iter().any(|s| s.dirty);
         if w.max_timestamp() > ctx.current_watermark() {
@@ -176,7 +183,13 @@ pub fn sample_events() -> Vec<DriveEvent> {
                 driver: driver.to_string(),
                 time: start + i * 5_000,
                 speed_kmh: 60.0 + ((i * 37 + n as i64 * 11) % 70) as f64,
-                accel_ms2: if i % 7 == 3 { -4.5 } else if i % 9 == 4 { 3.5 } else { 0.5 },
+                accel_ms2: if i % 7 == 3 {
+                    -4.5
+                } else if i % 9 == 4 {
+                    3.5
+                } else {
+                    0.5
+                },
                 end_of_trip: i == 19,
             };
             if i == 17 {
@@ -194,7 +207,13 @@ pub fn sample_events() -> Vec<DriveEvent> {
 pub fn driving_score(env: &mut StreamEnv, args: &JobArgs) -> Result<()> {
     crate::only_known(
         args,
-        &["input", "output", "gap-ms", "allowed-lateness-ms", "out-of-orderness-ms"],
+        &[
+            "input",
+            "output",
+            "gap-ms",
+            "allowed-lateness-ms",
+            "out-of-orderness-ms",
+        ],
     )?;
     let gap: i64 = args.parse_or("gap-ms", 300_000)?;
     let lateness: i64 = args.parse_or("allowed-lateness-ms", 60_000)?;
@@ -203,8 +222,16 @@ pub fn driving_score(env: &mut StreamEnv, args: &JobArgs) -> Result<()> {
         .with_timestamp_assigner(|e: &DriveEvent, _| e.time)
         .per_record();
     let events = match args.get("input") {
-        Some(path) => env.from_source(TextFileSource::parsed(path, DriveEvent::parse), strategy, "phones"),
-        None => env.from_source(rill::api::source::CollectionSource::new(sample_events()), strategy, "phones"),
+        Some(path) => env.from_source(
+            TextFileSource::parsed(path, DriveEvent::parse),
+            strategy,
+            "phones",
+        ),
+        None => env.from_source(
+            rill::api::source::CollectionSource::new(sample_events()),
+            strategy,
+            "phones",
+        ),
     }
     .set_parallelism(1)
     .uid("phones");
@@ -213,10 +240,16 @@ pub fn driving_score(env: &mut StreamEnv, args: &JobArgs) -> Result<()> {
         .window(EventTimeSessionWindows::with_gap(gap))
         .trigger(EndOfTripTrigger)
         .allowed_lateness(lateness)
-        .aggregate_with(Score, |driver: &String, w: &TimeWindow, trip: TripAcc, out| {
-            let score = 100u64.saturating_sub(trip.penalty);
-            out.emit(format!("{driver},{},{},{},{score}", w.start, w.end, trip.events))
-        })
+        .aggregate_with(
+            Score,
+            |driver: &String, w: &TimeWindow, trip: TripAcc, out| {
+                let score = 100u64.saturating_sub(trip.penalty);
+                out.emit(format!(
+                    "{driver},{},{},{},{score}",
+                    w.start, w.end, trip.events
+                ))
+            },
+        )
         .uid("trip-scores");
     match args.get("output") {
         Some(path) => scores

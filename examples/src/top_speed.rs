@@ -29,7 +29,10 @@ pub struct CarEvent {
 
 impl CarEvent {
     pub fn csv(&self) -> String {
-        format!("{},{},{:.2},{}", self.car, self.speed, self.distance, self.time)
+        format!(
+            "{},{},{:.2},{}",
+            self.car, self.speed, self.distance, self.time
+        )
     }
 
     pub fn parse(line: &str, _: u64) -> std::result::Result<Option<CarEvent>, String> {
@@ -66,7 +69,11 @@ pub fn generate(cars: u32, seconds: u32) -> Vec<CarEvent> {
     for step in 0..(seconds as i64 * 10) {
         for car in 0..cars as usize {
             let up = next() % 2 == 0;
-            speed[car] = if up { (speed[car] + 5).min(100) } else { speed[car].saturating_sub(5) };
+            speed[car] = if up {
+                (speed[car] + 5).min(100)
+            } else {
+                speed[car].saturating_sub(5)
+            };
             distance[car] += speed[car] as f64 / 3.6 / 10.0;
             events.push(CarEvent {
                 car: car as u32,
@@ -96,10 +103,12 @@ impl AggregateFunction<CarEvent> for LastTenSecondsMax {
         acc.retain(|x| x.time > newest - EVICTION_MS);
     }
     fn result(&self, acc: &VecDeque<CarEvent>) -> Option<CarEvent> {
-        acc.iter().copied().fold(None, |best: Option<CarEvent>, e| match best {
-            Some(b) if b.speed >= e.speed => Some(b),
-            _ => Some(e),
-        })
+        acc.iter()
+            .copied()
+            .fold(None, |best: Option<CarEvent>, e| match best {
+                Some(b) if b.speed >= e.speed => Some(b),
+                _ => Some(e),
+            })
     }
     fn merge(&self, acc: &mut VecDeque<CarEvent>, other: VecDeque<CarEvent>) {
         for e in other {
@@ -110,21 +119,31 @@ impl AggregateFunction<CarEvent> for LastTenSecondsMax {
 
 pub fn top_speed(env: &mut StreamEnv, args: &JobArgs) -> Result<()> {
     crate::only_known(args, &["cars", "seconds", "input", "output"])?;
-    let strategy = WatermarkStrategy::monotonous().with_timestamp_assigner(|e: &CarEvent, _| e.time);
+    let strategy =
+        WatermarkStrategy::monotonous().with_timestamp_assigner(|e: &CarEvent, _| e.time);
     let cars = match args.get("input") {
-        Some(path) => env.from_source(TextFileSource::parsed(path, CarEvent::parse), strategy, "cars"),
+        Some(path) => env.from_source(
+            TextFileSource::parsed(path, CarEvent::parse),
+            strategy,
+            "cars",
+        ),
         None => {
             let events = generate(args.parse_or("cars", 2)?, args.parse_or("seconds", 60)?);
-            env.from_source(rill::api::source::CollectionSource::new(events), strategy, "cars")
+            env.from_source(
+                rill::api::source::CollectionSource::new(events),
+                strategy,
+                "cars",
+            )
         }
     }
     .set_parallelism(1);
     let top = cars
         .key_by(|e: &CarEvent| e.car)
         .window(GlobalWindows::create())
-        .trigger(DeltaTrigger::of(TRIGGER_METERS, |old: &CarEvent, new: &CarEvent| {
-            new.distance - old.distance
-        }))
+        .trigger(DeltaTrigger::of(
+            TRIGGER_METERS,
+            |old: &CarEvent, new: &CarEvent| new.distance - old.distance,
+        ))
         .aggregate_with(LastTenSecondsMax, |_: &u32, _: &GlobalWindow, top, out| {
             if let Some(e) = top {
                 out.emit(e)

@@ -33,7 +33,8 @@ pub fn parse_reading(line: &str, _: u64) -> std::result::Result<Option<Reading>,
         return Ok(None);
     }
     let mut parts = line.split(',');
-    let (Some(key), Some(ts), Some(value), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(key), Some(ts), Some(value), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(format!("expected key,event_time_ms,value but got '{line}'"));
     };
@@ -64,7 +65,11 @@ pub enum WindowSpec {
 impl FromStr for WindowSpec {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::Args(format!("--window '{s}': expected tumbling:SIZE, sliding:SIZE:SLIDE or session:GAP"));
+        let bad = || {
+            Error::Args(format!(
+                "--window '{s}': expected tumbling:SIZE, sliding:SIZE:SLIDE or session:GAP"
+            ))
+        };
         let num = |v: &str| v.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(bad);
         let parts: Vec<&str> = s.split(':').collect();
         match parts.as_slice() {
@@ -110,16 +115,26 @@ where
     windows
         .allowed_lateness(lateness)
         .side_output_late_data(late)
-        .aggregate_with(CountSum, |key: &String, w: &TimeWindow, (count, sum), out| {
-            out.emit(format!("{key},{},{},{count},{sum}", w.start, w.end))
-        })
+        .aggregate_with(
+            CountSum,
+            |key: &String, w: &TimeWindow, (count, sum), out| {
+                out.emit(format!("{key},{},{},{count},{sum}", w.start, w.end))
+            },
+        )
         .uid("windows")
 }
 
 pub fn windowed_sum(env: &mut StreamEnv, args: &JobArgs) -> Result<()> {
     crate::only_known(
         args,
-        &["input", "output", "window", "out-of-orderness", "allowed-lateness", "rate"],
+        &[
+            "input",
+            "output",
+            "window",
+            "out-of-orderness",
+            "allowed-lateness",
+            "rate",
+        ],
     )?;
     let input = PathBuf::from(args.required("input")?);
     let output = PathBuf::from(args.required("output")?);
@@ -152,20 +167,36 @@ pub fn windowed_sum(env: &mut StreamEnv, args: &JobArgs) -> Result<()> {
     let keyed = readings.key_by(|r: &Reading| r.key.clone());
     let late = OutputTag::<Reading>::new("late");
     let windows = match spec {
-        WindowSpec::Tumbling(size) => count_sum(keyed.window(TumblingEventTimeWindows::of(size)), lateness, &late),
-        WindowSpec::Sliding(size, slide) => {
-            count_sum(keyed.window(SlidingEventTimeWindows::of(size, slide)), lateness, &late)
-        }
-        WindowSpec::Session(gap) => count_sum(keyed.window(EventTimeSessionWindows::with_gap(gap)), lateness, &late),
+        WindowSpec::Tumbling(size) => count_sum(
+            keyed.window(TumblingEventTimeWindows::of(size)),
+            lateness,
+            &late,
+        ),
+        WindowSpec::Sliding(size, slide) => count_sum(
+            keyed.window(SlidingEventTimeWindows::of(size, slide)),
+            lateness,
+            &late,
+        ),
+        WindowSpec::Session(gap) => count_sum(
+            keyed.window(EventTimeSessionWindows::with_gap(gap)),
+            lateness,
+            &late,
+        ),
     };
     windows
-        .sink_to(TextFileSink::new(output.join("windows.csv"), String::clone), "windows.csv")
+        .sink_to(
+            TextFileSink::new(output.join("windows.csv"), String::clone),
+            "windows.csv",
+        )
         .set_parallelism(1)
         .uid("windows-sink");
     windows
         .side_output(&late)
         .map(|r: Reading| r.line)
-        .sink_to(TextFileSink::new(output.join("late.csv"), String::clone), "late.csv")
+        .sink_to(
+            TextFileSink::new(output.join("late.csv"), String::clone),
+            "late.csv",
+        )
         .set_parallelism(1)
         .uid("late-sink");
     Ok(())
@@ -177,10 +208,25 @@ mod tests {
 
     #[test]
     fn specs_parse() {
-        assert_eq!("tumbling:10".parse::<WindowSpec>().unwrap(), WindowSpec::Tumbling(10));
-        assert_eq!("sliding:10:5".parse::<WindowSpec>().unwrap(), WindowSpec::Sliding(10, 5));
-        assert_eq!("session:3".parse::<WindowSpec>().unwrap(), WindowSpec::Session(3));
-        for bad in ["tumbling", "tumbling:0", "sliding:10", "hopping:1", "session:-1"] {
+        assert_eq!(
+            "tumbling:10".parse::<WindowSpec>().unwrap(),
+            WindowSpec::Tumbling(10)
+        );
+        assert_eq!(
+            "sliding:10:5".parse::<WindowSpec>().unwrap(),
+            WindowSpec::Sliding(10, 5)
+        );
+        assert_eq!(
+            "session:3".parse::<WindowSpec>().unwrap(),
+            WindowSpec::Session(3)
+        );
+        for bad in [
+            "tumbling",
+            "tumbling:0",
+            "sliding:10",
+            "hopping:1",
+            "session:-1",
+        ] {
             assert!(bad.parse::<WindowSpec>().is_err(), "{bad}");
         }
     }

@@ -17,10 +17,18 @@ pub fn wordcount(env: &mut StreamEnv, args: &JobArgs) -> rill::api::Result<()> {
     crate::only_known(args, &["input", "socket", "output"])?;
     let lines = match (args.get("input"), args.get("socket")) {
         (Some(path), _) => env
-            .from_source(TextFileSource::lines(path), WatermarkStrategy::no_watermarks(), "lines")
+            .from_source(
+                TextFileSource::lines(path),
+                WatermarkStrategy::no_watermarks(),
+                "lines",
+            )
             .set_parallelism(1),
         (None, Some(addr)) => env
-            .from_source(SocketTextSource::new(addr), WatermarkStrategy::no_watermarks(), "socket")
+            .from_source(
+                SocketTextSource::new(addr),
+                WatermarkStrategy::no_watermarks(),
+                "socket",
+            )
             .set_parallelism(1),
         (None, None) => env.from_collection(TEXT.lines().map(String::from).collect()),
     };
@@ -37,7 +45,9 @@ pub fn wordcount(env: &mut StreamEnv, args: &JobArgs) -> rill::api::Result<()> {
         .uid("counts");
     let format = |(w, c): &(String, u64)| format!("{w},{c}");
     match args.get("output") {
-        Some(path) => counts.sink_to(TextFileSink::new(path, format), "output").set_parallelism(1),
+        Some(path) => counts
+            .sink_to(TextFileSink::new(path, format), "output")
+            .set_parallelism(1),
         None => counts.sink_to(PrintSink::with_format(format), "print"),
     };
     Ok(())

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::element::{Data, Key, Output, Signal};
+use crate::element::{Data, Key, KeySelector, Output, Signal};
 use crate::error::Result;
 use crate::exec::{SubtaskInfo, TaskInput, TwoInputHead, TwoInputOperator};
 use crate::function::{Context, SideOutputs};
@@ -29,7 +29,7 @@ pub struct BroadcastStream<B> {
 pub struct BroadcastConnectedStream<T, B, K = ()> {
     pub(crate) main: DataStream<T>,
     pub(crate) broadcast: DataStream<B>,
-    pub(crate) key_of: Option<Arc<dyn Fn(&T) -> K + Send + Sync>>,
+    pub(crate) key_of: Option<KeySelector<T, K>>,
 }
 
 /// Processes a non-keyed stream with read-only access to broadcast state.
@@ -50,12 +50,7 @@ pub trait BroadcastProcessFunction<I, B, O>: Clone + Send + Sync + 'static {
 pub trait KeyedBroadcastProcessFunction<K, I, B, O>: Clone + Send + Sync + 'static {
     type State: Default + Clone + Send + Serialize + DeserializeOwned + 'static;
 
-    fn process_element(
-        &mut self,
-        value: I,
-        state: &Self::State,
-        ctx: &mut KeyedContext<'_, K, O>,
-    );
+    fn process_element(&mut self, value: I, state: &Self::State, ctx: &mut KeyedContext<'_, K, O>);
     fn process_broadcast_element(
         &mut self,
         value: B,
@@ -73,13 +68,16 @@ pub trait KeyedBroadcastProcessFunction<K, I, B, O>: Clone + Send + Sync + 'stat
 }
 
 impl<T: Data, B: Data, K: 'static> BroadcastConnectedStream<T, B, K> {
-    fn two_input<O: Data>(
-        &self,
-        name: &str,
-        build: Arc<dyn BuildTwoInput>,
-    ) -> DataStream<O> {
-        self.main
-            .add_two_input(name, &self.broadcast, Port { tag: None, ty: TypeOf::<O>::arc() }, NodeKind::TwoInput(build))
+    fn two_input<O: Data>(&self, name: &str, build: Arc<dyn BuildTwoInput>) -> DataStream<O> {
+        self.main.add_two_input(
+            name,
+            &self.broadcast,
+            Port {
+                tag: None,
+                ty: TypeOf::<O>::arc(),
+            },
+            NodeKind::TwoInput(build),
+        )
     }
 }
 
@@ -87,15 +85,17 @@ impl<T: Data, B: Data> BroadcastConnectedStream<T, B, ()> {
     pub fn process<O: Data, F: BroadcastProcessFunction<T, B, O>>(&self, f: F) -> DataStream<O> {
         self.two_input(
             "BroadcastProcess",
-            Arc::new(Builder::<T, B, O, _>::new(move |_: &SubtaskInfo, out, side| {
-                Ok(Box::new(BroadcastOperator {
-                    f: f.clone(),
-                    state: F::State::default(),
-                    out,
-                    side,
-                    watermark: MIN_WATERMARK,
-                }) as Box<dyn TwoInputOperator<T, B>>)
-            })),
+            Arc::new(Builder::<T, B, O, _>::new(
+                move |_: &SubtaskInfo, out, side| {
+                    Ok(Box::new(BroadcastOperator {
+                        f: f.clone(),
+                        state: F::State::default(),
+                        out,
+                        side,
+                        watermark: MIN_WATERMARK,
+                    }) as Box<dyn TwoInputOperator<T, B>>)
+                },
+            )),
         )
     }
 }
@@ -111,20 +111,22 @@ impl<T: Data, B: Data, K: Key> BroadcastConnectedStream<T, B, K> {
             .expect("a keyed broadcast connection carries its key selector");
         self.two_input(
             "KeyedBroadcastProcess",
-            Arc::new(Builder::<T, B, O, _>::new(move |_: &SubtaskInfo, out, side| {
-                let now = crate::time::now_ms();
-                Ok(Box::new(KeyedBroadcastOperator {
-                    f: f.clone(),
-                    key_of: key_of.clone(),
-                    state: F::State::default(),
-                    store: KeyedStateStore::new(),
-                    timers: TimerService::default(),
-                    out,
-                    side,
-                    watermark: MIN_WATERMARK,
-                    processing_time: now,
-                }) as Box<dyn TwoInputOperator<T, B>>)
-            })),
+            Arc::new(Builder::<T, B, O, _>::new(
+                move |_: &SubtaskInfo, out, side| {
+                    let now = crate::time::now_ms();
+                    Ok(Box::new(KeyedBroadcastOperator {
+                        f: f.clone(),
+                        key_of: key_of.clone(),
+                        state: F::State::default(),
+                        store: KeyedStateStore::new(),
+                        timers: TimerService::default(),
+                        out,
+                        side,
+                        watermark: MIN_WATERMARK,
+                        processing_time: now,
+                    }) as Box<dyn TwoInputOperator<T, B>>)
+                },
+            )),
         )
     }
 }
@@ -160,11 +162,15 @@ where
         side: SideOutputs,
     ) -> Result<Box<dyn TaskInput>> {
         let wiring = || crate::Error::Graph(format!("type mismatch wiring '{}'", info.task_name));
-        let main = *main.downcast::<Box<dyn Output<O>>>().map_err(|_| wiring())?;
+        let main = *main
+            .downcast::<Box<dyn Output<O>>>()
+            .map_err(|_| wiring())?;
         let rx1 = *rx1.downcast::<crate::exec::Rx<T>>().map_err(|_| wiring())?;
         let rx2 = *rx2.downcast::<crate::exec::Rx<B>>().map_err(|_| wiring())?;
         let op = (self.make)(info, main, side)?;
-        Ok(Box::new(TwoInputHead::new(rx1, channels1, rx2, channels2, op)))
+        Ok(Box::new(TwoInputHead::new(
+            rx1, channels1, rx2, channels2, op,
+        )))
     }
 }
 
@@ -189,7 +195,8 @@ where
     }
     fn record2(&mut self, value: B, timestamp: Timestamp) {
         let mut ctx = Context::new(&mut *self.out, &mut self.side, timestamp, self.watermark);
-        self.f.process_broadcast_element(value, &mut self.state, &mut ctx);
+        self.f
+            .process_broadcast_element(value, &mut self.state, &mut ctx);
     }
     fn signal(&mut self, signal: Signal) {
         if let Signal::Watermark(wm) = signal {
@@ -202,7 +209,7 @@ where
 
 struct KeyedBroadcastOperator<F: KeyedBroadcastProcessFunction<K, T, B, O>, K, T, B, O> {
     f: F,
-    key_of: Arc<dyn Fn(&T) -> K + Send + Sync>,
+    key_of: KeySelector<T, K>,
     state: F::State,
     store: KeyedStateStore<K>,
     timers: TimerService<K>,
@@ -262,7 +269,8 @@ where
     }
     fn record2(&mut self, value: B, timestamp: Timestamp) {
         let mut ctx = Context::new(&mut *self.out, &mut self.side, timestamp, self.watermark);
-        self.f.process_broadcast_element(value, &mut self.state, &mut ctx);
+        self.f
+            .process_broadcast_element(value, &mut self.state, &mut ctx);
     }
     fn signal(&mut self, signal: Signal) {
         match signal {

@@ -14,44 +14,156 @@ use crate::error::{Error, Result};
 
 /// Known keys, their defaults (Flink's where Flink has the key) and meaning.
 pub const KEYS: &[(&str, &str, &str)] = &[
-    ("parallelism.default", "1", "parallelism of operators that set none"),
-    ("pipeline.max-parallelism", "", "number of key groups (default: derived from parallelism)"),
-    ("pipeline.auto-watermark-interval", "200 ms", "period of periodic watermark emission"),
-    ("execution.buffer-timeout", "100 ms", "longest time a record waits in a network buffer"),
-    ("execution.checkpointing.interval", "", "checkpoint interval (unset: no checkpoints)"),
-    ("execution.checkpointing.timeout", "10 min", "a checkpoint slower than this is aborted"),
-    ("execution.checkpointing.min-pause", "0 ms", "minimum pause between checkpoints"),
-    ("execution.checkpointing.max-concurrent-checkpoints", "1", "checkpoints in flight at once"),
-    ("state.checkpoints.dir", "", "where checkpoints are written (file://, s3://, …)"),
-    ("state.checkpoints.num-retained", "1", "completed checkpoints kept"),
+    (
+        "parallelism.default",
+        "1",
+        "parallelism of operators that set none",
+    ),
+    (
+        "pipeline.max-parallelism",
+        "",
+        "number of key groups (default: derived from parallelism)",
+    ),
+    (
+        "pipeline.auto-watermark-interval",
+        "200 ms",
+        "period of periodic watermark emission",
+    ),
+    (
+        "execution.buffer-timeout",
+        "100 ms",
+        "longest time a record waits in a network buffer",
+    ),
+    (
+        "execution.checkpointing.interval",
+        "",
+        "checkpoint interval (unset: no checkpoints)",
+    ),
+    (
+        "execution.checkpointing.timeout",
+        "10 min",
+        "a checkpoint slower than this is aborted",
+    ),
+    (
+        "execution.checkpointing.min-pause",
+        "0 ms",
+        "minimum pause between checkpoints",
+    ),
+    (
+        "execution.checkpointing.max-concurrent-checkpoints",
+        "1",
+        "checkpoints in flight at once",
+    ),
+    (
+        "state.checkpoints.dir",
+        "",
+        "where checkpoints are written (file://, s3://, …)",
+    ),
+    (
+        "state.checkpoints.num-retained",
+        "1",
+        "completed checkpoints kept",
+    ),
     ("state.savepoints.dir", "", "default savepoint location"),
     ("state.backend.type", "hashmap", "hashmap or rocksdb"),
-    ("state.backend.incremental", "false", "incremental RocksDB checkpoints"),
-    ("restart-strategy.type", "", "none, fixed-delay, exponential-delay or failure-rate"),
-    ("restart-strategy.fixed-delay.attempts", "1", "restarts before the job fails"),
-    ("restart-strategy.fixed-delay.delay", "1 s", "pause before a restart"),
-    ("restart-strategy.exponential-delay.initial-backoff", "1 s", "first pause"),
-    ("restart-strategy.exponential-delay.max-backoff", "1 min", "longest pause"),
-    ("restart-strategy.exponential-delay.backoff-multiplier", "1.5", "growth of the pause"),
-    ("restart-strategy.exponential-delay.attempts-before-reset-backoff", "", "restarts allowed"),
-    ("restart-strategy.failure-rate.max-failures-per-interval", "1", "failures tolerated"),
-    ("restart-strategy.failure-rate.failure-rate-interval", "1 min", "window for counting failures"),
-    ("restart-strategy.failure-rate.delay", "1 s", "pause before a restart"),
+    (
+        "state.backend.incremental",
+        "false",
+        "incremental RocksDB checkpoints",
+    ),
+    (
+        "restart-strategy.type",
+        "",
+        "none, fixed-delay, exponential-delay or failure-rate",
+    ),
+    (
+        "restart-strategy.fixed-delay.attempts",
+        "1",
+        "restarts before the job fails",
+    ),
+    (
+        "restart-strategy.fixed-delay.delay",
+        "1 s",
+        "pause before a restart",
+    ),
+    (
+        "restart-strategy.exponential-delay.initial-backoff",
+        "1 s",
+        "first pause",
+    ),
+    (
+        "restart-strategy.exponential-delay.max-backoff",
+        "1 min",
+        "longest pause",
+    ),
+    (
+        "restart-strategy.exponential-delay.backoff-multiplier",
+        "1.5",
+        "growth of the pause",
+    ),
+    (
+        "restart-strategy.exponential-delay.attempts-before-reset-backoff",
+        "",
+        "restarts allowed",
+    ),
+    (
+        "restart-strategy.failure-rate.max-failures-per-interval",
+        "1",
+        "failures tolerated",
+    ),
+    (
+        "restart-strategy.failure-rate.failure-rate-interval",
+        "1 min",
+        "window for counting failures",
+    ),
+    (
+        "restart-strategy.failure-rate.delay",
+        "1 s",
+        "pause before a restart",
+    ),
     ("rest.port", "8081", "JobManager REST port"),
     ("rest.address", "", "JobManager REST address"),
-    ("rest.bind-address", "0.0.0.0", "address the REST server binds"),
-    ("jobmanager.rpc.address", "localhost", "JobManager RPC address"),
+    (
+        "rest.bind-address",
+        "0.0.0.0",
+        "address the REST server binds",
+    ),
+    (
+        "jobmanager.rpc.address",
+        "localhost",
+        "JobManager RPC address",
+    ),
     ("jobmanager.rpc.port", "6123", "JobManager RPC port"),
-    ("taskmanager.numberOfTaskSlots", "1", "slots per TaskManager"),
-    ("taskmanager.data.port", "0", "TaskManager data port (0: any)"),
+    (
+        "taskmanager.numberOfTaskSlots",
+        "1",
+        "slots per TaskManager",
+    ),
+    (
+        "taskmanager.data.port",
+        "0",
+        "TaskManager data port (0: any)",
+    ),
     ("taskmanager.host", "", "address TaskManagers advertise"),
     ("heartbeat.interval", "10 s", "heartbeat period"),
     ("heartbeat.timeout", "50 s", "heartbeat timeout"),
     ("high-availability.type", "none", "none or kubernetes"),
     ("high-availability.storageDir", "", "HA metadata storage"),
-    ("kubernetes.cluster-id", "", "cluster id used for HA ConfigMaps and labels"),
-    ("kubernetes.namespace", "default", "namespace of the cluster"),
-    ("metrics.reporter.prom.port", "9249", "Prometheus metrics port"),
+    (
+        "kubernetes.cluster-id",
+        "",
+        "cluster id used for HA ConfigMaps and labels",
+    ),
+    (
+        "kubernetes.namespace",
+        "default",
+        "namespace of the cluster",
+    ),
+    (
+        "metrics.reporter.prom.port",
+        "9249",
+        "Prometheus metrics port",
+    ),
 ];
 
 /// A set of configuration keys and values.
@@ -146,7 +258,9 @@ impl Configuration {
 
     pub fn parallelism(&self) -> Result<usize> {
         match self.get_parsed::<usize>("parallelism.default")? {
-            Some(0) => Err(Error::Config("parallelism.default must be at least 1".into())),
+            Some(0) => Err(Error::Config(
+                "parallelism.default must be at least 1".into(),
+            )),
             p => Ok(p.unwrap_or(1)),
         }
     }
@@ -179,7 +293,11 @@ fn flatten(prefix: &str, value: &serde_yaml_ng::Value, conf: &mut Configuration)
                         .map(|s| s.trim().to_string())
                         .map_err(|e| Error::Config(e.to_string()))?,
                 };
-                let key = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&key, v, conf)?;
             }
             Ok(())
@@ -199,9 +317,7 @@ fn flatten(prefix: &str, value: &serde_yaml_ng::Value, conf: &mut Configuration)
 /// (a bare number is milliseconds).
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()

@@ -19,6 +19,9 @@ impl<T: Clone + Send + Serialize + DeserializeOwned + 'static> Data for T {}
 pub trait Key: Data + std::hash::Hash + Eq + std::fmt::Debug {}
 impl<T: Data + std::hash::Hash + Eq + std::fmt::Debug> Key for T {}
 
+/// Extracts the key of a record (shared by exchanges and keyed operators).
+pub type KeySelector<T, K> = std::sync::Arc<dyn Fn(&T) -> K + Send + Sync>;
+
 /// Control flowing along a chain beside the records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {

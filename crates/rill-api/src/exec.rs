@@ -106,7 +106,10 @@ pub struct ExchangeOutput<T> {
 
 impl<T: Data> ExchangeOutput<T> {
     pub fn new(channel: u32, senders: Vec<Tx<T>>, partitioner: Partitioner<T>) -> Self {
-        let buffers = senders.iter().map(|_| Vec::with_capacity(BATCH_SIZE)).collect();
+        let buffers = senders
+            .iter()
+            .map(|_| Vec::with_capacity(BATCH_SIZE))
+            .collect();
         Self {
             channel,
             senders,
@@ -478,7 +481,10 @@ impl<A: Data, B: Data> TaskInput for TwoInputHead<A, B> {
                     return Ok(progress);
                 }
             }
-            if self.valve.channels[..self.channels1].iter().all(|c| c.ended) {
+            if self.valve.channels[..self.channels1]
+                .iter()
+                .all(|c| c.ended)
+            {
                 self.ended[0] = true;
             }
         } else if Some(index) == i2 {
@@ -498,7 +504,10 @@ impl<A: Data, B: Data> TaskInput for TwoInputHead<A, B> {
                     return Ok(progress);
                 }
             }
-            if self.valve.channels[self.channels1..].iter().all(|c| c.ended) {
+            if self.valve.channels[self.channels1..]
+                .iter()
+                .all(|c| c.ended)
+            {
                 self.ended[1] = true;
             }
         }
@@ -572,7 +581,11 @@ mod tests {
         assert_eq!(v.watermark(0, 10).watermark, None, "channel 1 still at MIN");
         assert_eq!(v.watermark(1, 5).watermark, Some(5));
         assert_eq!(v.watermark(1, 20).watermark, Some(10));
-        assert_eq!(v.watermark(1, 3).watermark, None, "watermarks never go back");
+        assert_eq!(
+            v.watermark(1, 3).watermark,
+            None,
+            "watermarks never go back"
+        );
     }
 
     #[test]
@@ -601,7 +614,7 @@ mod tests {
     #[test]
     fn hash_exchange_routes_by_key_group() {
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..3).map(|_| crossbeam_channel::unbounded()).unzip();
-        let hasher: KeyHasher<u64> = Arc::new(|v| rill_state::hash_key(v));
+        let hasher: KeyHasher<u64> = Arc::new(rill_state::hash_key::<u64>);
         let mut ex = ExchangeOutput::new(
             0,
             txs,

@@ -264,7 +264,11 @@ mod tests {
         );
         let mut head = Chained::new(
             FlatMap(|v: i64| vec![v, v + 1]),
-            Box::new(Chained::new(Filter(|v: &i64| *v < 4), Box::new(tail), SideOutputs::default())),
+            Box::new(Chained::new(
+                Filter(|v: &i64| *v < 4),
+                Box::new(tail),
+                SideOutputs::default(),
+            )),
             SideOutputs::default(),
         );
         for v in 0..4 {

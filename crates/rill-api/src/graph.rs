@@ -89,8 +89,12 @@ pub trait StreamType: Send + Sync {
     fn fan_out(&self, outputs: Vec<Erased>) -> Result<Erased>;
     fn discard(&self) -> Erased;
     fn side_output(&self, output: Erased) -> Result<Box<dyn ErasedOutput>>;
-    fn one_input_head(&self, rx: Erased, channels: usize, chain: Erased)
-        -> Result<Box<dyn TaskInput>>;
+    fn one_input_head(
+        &self,
+        rx: Erased,
+        channels: usize,
+        chain: Erased,
+    ) -> Result<Box<dyn TaskInput>>;
 }
 
 /// The [`StreamType`] of `T`.
@@ -186,7 +190,10 @@ impl<T: Data> StreamType for TypeOf<T> {
     }
 
     fn side_output(&self, output: Erased) -> Result<Box<dyn ErasedOutput>> {
-        Ok(Box::new(cast::<Box<dyn Output<T>>>(output, "a side output")?))
+        Ok(Box::new(cast::<Box<dyn Output<T>>>(
+            output,
+            "a side output",
+        )?))
     }
 
     fn one_input_head(
@@ -287,7 +294,13 @@ impl Node {
 
 fn slug(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect()
 }
 
@@ -329,7 +342,10 @@ impl JobGraph {
         let mut uids = std::collections::HashSet::new();
         for node in &self.nodes {
             if !uids.insert(node.uid()) {
-                return Err(Error::Graph(format!("operator uid '{}' is used twice", node.uid())));
+                return Err(Error::Graph(format!(
+                    "operator uid '{}' is used twice",
+                    node.uid()
+                )));
             }
             if let Some(max) = node.max_parallelism.or(self.max_parallelism) {
                 if self.parallelism_of(node) > max {

@@ -13,12 +13,10 @@ use std::sync::Arc;
 use rill_state::AggregateFunction;
 
 use crate::config::Configuration;
-use crate::element::{Data, Key, Output};
+use crate::element::{Data, Key, KeySelector, Output};
 use crate::error::Result;
 use crate::exec::{KeyHasher, SourceHead, SubtaskInfo};
-use crate::function::{
-    Chained, Filter, FlatMap, Map, OutputTag, ProcessFunction, SideOutputs,
-};
+use crate::function::{Chained, Filter, FlatMap, Map, OutputTag, ProcessFunction, SideOutputs};
 use crate::graph::{
     BuildSource, Edge, Erased, JobGraph, Node, NodeKind, OneInputFn, Partition, Port, TypeOf,
 };
@@ -27,8 +25,8 @@ use crate::sink::{Sink, SinkOperator};
 use crate::source::SourceFactory;
 use crate::time::{TimestampsAndWatermarks, WatermarkStrategy};
 use crate::window::{
-    AggregateWindow, ProcessWindow, ReduceWindow, Trigger, WindowAssigner,
-    WindowFunction, WindowOperator, WindowOutput,
+    AggregateWindow, ProcessWindow, ReduceWindow, Trigger, WindowAssigner, WindowFunction,
+    WindowOperator, WindowOutput,
 };
 
 type Graph = Rc<RefCell<JobGraph>>;
@@ -300,10 +298,16 @@ impl<T: Data> DataStream<T> {
     }
 
     /// Replaces timestamps and watermarks from here on.
-    pub fn assign_timestamps_and_watermarks(&self, strategy: WatermarkStrategy<T>) -> DataStream<T> {
+    pub fn assign_timestamps_and_watermarks(
+        &self,
+        strategy: WatermarkStrategy<T>,
+    ) -> DataStream<T> {
         let parallelism = self.parallelism_hint();
         let stream = self.transform("Timestamps/Watermarks", move |_, out, _| {
-            Ok(Box::new(TimestampsAndWatermarks::new(strategy.clone(), out)))
+            Ok(Box::new(TimestampsAndWatermarks::new(
+                strategy.clone(),
+                out,
+            )))
         });
         match parallelism {
             Some(p) => stream.set_parallelism(p),
@@ -321,7 +325,7 @@ impl<T: Data> DataStream<T> {
     where
         F: Fn(&T) -> K + Send + Sync + 'static,
     {
-        let key_of: Arc<dyn Fn(&T) -> K + Send + Sync> = Arc::new(key_of);
+        let key_of: KeySelector<T, K> = Arc::new(key_of);
         let for_hash = key_of.clone();
         let hasher: KeyHasher<T> = Arc::new(move |v| rill_state::hash_key(&for_hash(v)));
         let mut stream = self.clone();
@@ -382,7 +386,10 @@ impl<T: Data> DataStream<T> {
         let port = {
             let mut g = self.graph.borrow_mut();
             let ports = &mut g.nodes[node].ports;
-            match ports.iter().position(|p| p.tag.as_deref() == Some(tag.name())) {
+            match ports
+                .iter()
+                .position(|p| p.tag.as_deref() == Some(tag.name()))
+            {
                 Some(p) => p,
                 None => {
                     ports.push(Port {
@@ -453,7 +460,7 @@ impl<T: Data> DataStream<T> {
 /// A stream partitioned by key.
 pub struct KeyedStream<K, T> {
     stream: DataStream<T>,
-    key_of: Arc<dyn Fn(&T) -> K + Send + Sync>,
+    key_of: KeySelector<T, K>,
 }
 
 impl<K, T> Clone for KeyedStream<K, T> {
@@ -568,15 +575,23 @@ where
     }
 
     /// Runs any [`WindowFunction`].
-    pub fn apply<F: WindowFunction<K, T, A::W>>(self, name: &str, function: F) -> DataStream<F::Out> {
+    pub fn apply<F: WindowFunction<K, T, A::W>>(
+        self,
+        name: &str,
+        function: F,
+    ) -> DataStream<F::Out> {
         if self.assigner.is_merging() && !self.trigger.can_merge() {
             self.keyed.stream.graph.borrow_mut().problems.push(format!(
                 "window '{name}': the trigger cannot be used with merging (session) windows"
             ));
         }
         let key_of = self.keyed.key_of.clone();
-        let (assigner, trigger, lateness, late) =
-            (self.assigner, self.trigger, self.allowed_lateness, self.late);
+        let (assigner, trigger, lateness, late) = (
+            self.assigner,
+            self.trigger,
+            self.allowed_lateness,
+            self.late,
+        );
         self.keyed.stream.transform(name, move |_, out, side| {
             let key_of = key_of.clone();
             Ok(Box::new(WindowOperator::new(
@@ -608,9 +623,10 @@ where
     {
         self.apply(
             "Window(Aggregate)",
-            AggregateWindow::new(agg, |_: &K, _: &A::W, r: Ag::Out, out: &mut WindowOutput<'_, Ag::Out>| {
-                out.emit(r)
-            }),
+            AggregateWindow::new(
+                agg,
+                |_: &K, _: &A::W, r: Ag::Out, out: &mut WindowOutput<'_, Ag::Out>| out.emit(r),
+            ),
         )
     }
 
@@ -643,7 +659,14 @@ impl<T: Data> DataStream<T> {
         port: Port,
         kind: NodeKind,
     ) -> DataStream<O> {
-        let node = add_node(&self.graph, name, vec![self.edges(), other.edges()], port.ty, kind, false);
+        let node = add_node(
+            &self.graph,
+            name,
+            vec![self.edges(), other.edges()],
+            port.ty,
+            kind,
+            false,
+        );
         DataStream::new(self.graph.clone(), node)
     }
 }

@@ -45,10 +45,13 @@ pub enum Emission {
     Periodic(i64),
 }
 
+/// Takes a record's event time from the record (and its arrival timestamp).
+pub type TimestampAssigner<T> = Arc<dyn Fn(&T, Timestamp) -> Timestamp + Send + Sync>;
+
 /// How a stream gets timestamps and watermarks.
 pub struct WatermarkStrategy<T> {
     pub(crate) out_of_orderness: Option<i64>,
-    pub(crate) timestamps: Option<Arc<dyn Fn(&T, Timestamp) -> Timestamp + Send + Sync>>,
+    pub(crate) timestamps: Option<TimestampAssigner<T>>,
     pub(crate) idleness: Option<Duration>,
     pub(crate) emission: Emission,
 }
@@ -151,7 +154,8 @@ impl<T: Send> TimestampsAndWatermarks<T> {
 
     fn current(&self) -> Option<Timestamp> {
         let ooo = self.strategy.out_of_orderness?;
-        (self.max_seen != MIN_WATERMARK).then(|| self.max_seen.saturating_sub(ooo).saturating_sub(1))
+        (self.max_seen != MIN_WATERMARK)
+            .then(|| self.max_seen.saturating_sub(ooo).saturating_sub(1))
     }
 
     fn emit_if_advanced(&mut self) {
@@ -252,7 +256,10 @@ mod tests {
             vec![Signal::Watermark(89), Signal::Watermark(109)],
             "only advancing watermarks are emitted"
         );
-        assert_eq!(out.records.iter().map(|r| r.1).collect::<Vec<_>>(), vec![100, 95, 120, 110]);
+        assert_eq!(
+            out.records.iter().map(|r| r.1).collect::<Vec<_>>(),
+            vec![100, 95, 120, 110]
+        );
     }
 
     #[test]
@@ -279,7 +286,11 @@ mod tests {
             .collect();
         assert_eq!(
             control,
-            vec![Signal::Watermark(4), Signal::Idle(true), Signal::Idle(false)]
+            vec![
+                Signal::Watermark(4),
+                Signal::Idle(true),
+                Signal::Idle(false)
+            ]
         );
     }
 }

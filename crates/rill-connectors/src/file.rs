@@ -6,7 +6,9 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rill_api::{Error, Result, Sink, SinkWriter, Source, SourceFactory, SourceOutput, SourcePoll, Timestamp};
+use rill_api::{
+    Error, Result, Sink, SinkWriter, Source, SourceFactory, SourceOutput, SourcePoll, Timestamp,
+};
 
 use crate::Pacer;
 
@@ -128,7 +130,10 @@ pub struct TextFileSink<T> {
 }
 
 impl<T> TextFileSink<T> {
-    pub fn new(path: impl Into<PathBuf>, format: impl Fn(&T) -> String + Send + Sync + 'static) -> Self {
+    pub fn new(
+        path: impl Into<PathBuf>,
+        format: impl Fn(&T) -> String + Send + Sync + 'static,
+    ) -> Self {
         Self {
             path: path.into(),
             format: Arc::new(format),
@@ -159,7 +164,8 @@ impl<T: Send + 'static> Sink<T> for TextFileSink<T> {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
-        let f = File::create(&path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        let f = File::create(&path)
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         Ok(Box::new(LineWriter {
             path,
             out: BufWriter::with_capacity(1 << 16, f),
@@ -202,12 +208,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.txt");
         std::fs::write(&path, "1\n2\nx\n4\n").unwrap();
-        let src = TextFileSource::parsed(&path, |l, _| l.parse::<i64>().map(Some).map_err(|e| e.to_string()));
+        let src = TextFileSource::parsed(&path, |l, _| {
+            l.parse::<i64>().map(Some).map_err(|e| e.to_string())
+        });
         let mut r = src.create(0, 1).unwrap();
         let mut sink = VecOutput::default();
-        let err = r.poll(&mut SourceOutput::new(&mut sink)).unwrap_err().to_string();
+        let err = r
+            .poll(&mut SourceOutput::new(&mut sink))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 3"), "{err}");
-        assert_eq!(sink.records.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            sink.records.iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
     }
 
     #[test]

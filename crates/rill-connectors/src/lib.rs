@@ -42,7 +42,7 @@ impl Pacer {
             Ok(((due - self.emitted) as usize).min(cap))
         } else {
             let next = (self.emitted as f64) / self.per_second;
-            let wait = Duration::from_secs_f64(next) .saturating_sub(started.elapsed());
+            let wait = Duration::from_secs_f64(next).saturating_sub(started.elapsed());
             Err(wait.max(Duration::from_micros(100)))
         }
     }

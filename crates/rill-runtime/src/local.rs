@@ -109,15 +109,14 @@ impl LocalExecutor {
                 .name(short_thread_name(&name))
                 .spawn(move || {
                     let name = task.name.clone();
-                    let result = catch_unwind(AssertUnwindSafe(|| {
-                        run_task(task, &cancel, flush_every)
-                    }))
-                    .unwrap_or_else(|panic| {
-                        Err(RuntimeError::TaskFailed {
-                            task: name.clone(),
-                            message: panic_message(&panic),
-                        })
-                    });
+                    let result =
+                        catch_unwind(AssertUnwindSafe(|| run_task(task, &cancel, flush_every)))
+                            .unwrap_or_else(|panic| {
+                                Err(RuntimeError::TaskFailed {
+                                    task: name.clone(),
+                                    message: panic_message(&panic),
+                                })
+                            });
                     let _ = done.send((name, result));
                 })
                 .map_err(RuntimeError::Spawn)?;
@@ -135,7 +134,10 @@ impl LocalExecutor {
                     matches!(e, RuntimeError::Cancelled)
                         || matches!(e, RuntimeError::Api(Error::Task { message, .. }) if message.contains("upstream task stopped"))
                 };
-                if first_error.as_ref().is_none_or(|f| is_consequence(f) && !is_consequence(&e)) {
+                if first_error
+                    .as_ref()
+                    .is_none_or(|f| is_consequence(f) && !is_consequence(&e))
+                {
                     first_error = Some(e);
                 }
             }
@@ -168,7 +170,11 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-fn run_task(mut task: Task, cancel: &AtomicBool, flush_every: Duration) -> Result<(), RuntimeError> {
+fn run_task(
+    mut task: Task,
+    cancel: &AtomicBool,
+    flush_every: Duration,
+) -> Result<(), RuntimeError> {
     let mut next_tick = Instant::now();
     let mut next_flush = Instant::now() + flush_every;
     loop {
@@ -274,7 +280,12 @@ impl<'g> Wiring<'g> {
     }
 
     /// The main output and side outputs of `node`'s subtask `index`.
-    fn outputs(&mut self, node: usize, index: usize, failure: &FailureSlot) -> Result<(Erased, SideOutputs), Error> {
+    fn outputs(
+        &mut self,
+        node: usize,
+        index: usize,
+        failure: &FailureSlot,
+    ) -> Result<(Erased, SideOutputs), Error> {
         let graph = self.graph;
         let n = &graph.nodes[node];
         let mut ports = Vec::with_capacity(n.ports.len());
@@ -309,19 +320,29 @@ impl<'g> Wiring<'g> {
             .iter()
             .zip(ports)
             .map(|(port, out)| {
-                Ok((port.tag.clone().unwrap_or_default(), port.ty.side_output(out)?))
+                Ok((
+                    port.tag.clone().unwrap_or_default(),
+                    port.ty.side_output(out)?,
+                ))
             })
             .collect::<Result<Vec<_>, Error>>()?;
         Ok((main, SideOutputs::new(side)))
     }
 
     /// The input of a chained operator, built with everything after it.
-    fn chained(&mut self, node: usize, index: usize, failure: &FailureSlot) -> Result<Erased, Error> {
+    fn chained(
+        &mut self,
+        node: usize,
+        index: usize,
+        failure: &FailureSlot,
+    ) -> Result<Erased, Error> {
         let (main, side) = self.outputs(node, index, failure)?;
         let info = self.info(node, index, failure);
         match &self.graph.nodes[node].kind {
             NodeKind::OneInput(build) => build.build(&info, main, side),
-            _ => Err(Error::Graph("only one-input operators can be chained".into())),
+            _ => Err(Error::Graph(
+                "only one-input operators can be chained".into(),
+            )),
         }
     }
 

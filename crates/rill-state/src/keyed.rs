@@ -13,10 +13,10 @@
 //! sweep ([`KeyedStateStore::advance_time`]).
 
 use std::any::Any;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
@@ -417,8 +417,8 @@ impl<MK: Hash + Eq + Clone + Send + 'static, MV: Clone + Send + 'static> MapStat
 
     pub fn remove<K: StateKey>(&self, ctx: &mut impl StateAccess<K>, key: &MK) -> Option<MV> {
         let store = ctx.state_store();
-        let (removed, now_empty) = store
-            .read::<FxHashMap<MK, MV>, _>(&self.handle, |m| (m.remove(key), m.is_empty()))?;
+        let (removed, now_empty) =
+            store.read::<FxHashMap<MK, MV>, _>(&self.handle, |m| (m.remove(key), m.is_empty()))?;
         if now_empty {
             store.clear(&self.handle);
         }

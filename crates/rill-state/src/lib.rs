@@ -18,8 +18,9 @@ pub mod keyed;
 
 pub use aggregate::AggregateFunction;
 pub use key_group::{hash_key, KeyGroupRange};
-pub use keyed::{StateAccess, StateKey,
-    AggregatingState, KeyedStateStore, ListState, MapState, ReducingState, StateTtl, ValueState,
+pub use keyed::{
+    AggregatingState, KeyedStateStore, ListState, MapState, ReducingState, StateAccess, StateKey,
+    StateTtl, ValueState,
 };
 
 /// Errors raised by the state layer.

@@ -86,9 +86,12 @@ pub fn window_job(env: &StreamEnv, events: u64, keys: u64) {
     );
     bids.key_by(|b: &Bid| b.key)
         .window(TumblingEventTimeWindows::of(10_000))
-        .aggregate_with(CountSum, |key: &u64, w: &rill_api::window::TimeWindow, (count, sum), out| {
-            out.emit((*key, w.start, count, sum))
-        })
+        .aggregate_with(
+            CountSum,
+            |key: &u64, w: &rill_api::window::TimeWindow, (count, sum), out| {
+                out.emit((*key, w.start, count, sum))
+            },
+        )
         .sink_to(DiscardSink, "blackhole");
 }
 

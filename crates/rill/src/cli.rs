@@ -96,7 +96,11 @@ fn split_args(args: Vec<String>) -> Split {
     split
 }
 
-fn configuration(cli: &Cli, extra: &[String], parallelism: Option<&str>) -> Result<Configuration, String> {
+fn configuration(
+    cli: &Cli,
+    extra: &[String],
+    parallelism: Option<&str>,
+) -> Result<Configuration, String> {
     let mut config = match &cli.config_dir {
         Some(dir) => Configuration::load_dir(dir).map_err(|e| e.to_string())?,
         None => Configuration::new(),
@@ -165,7 +169,8 @@ fn execute(cli: &Cli, catalog: &Catalog) -> Result<(), String> {
             let entry = catalog.get(entry).map_err(|e| e.to_string())?;
             let job_args = JobArgs::parse(split.job);
             if matches!(cli.command, Command::Plan { .. }) {
-                let graph = crate::build_job(entry, &job_args, config).map_err(|e| e.to_string())?;
+                let graph =
+                    crate::build_job(entry, &job_args, config).map_err(|e| e.to_string())?;
                 print!("{}", graph.describe());
                 return Ok(());
             }
@@ -201,7 +206,12 @@ fn execute(cli: &Cli, catalog: &Catalog) -> Result<(), String> {
                 }
             }
             if let Some(b) = best {
-                println!("events={} seconds={:.3} rate={:.0}/s", b.events, b.seconds, b.rate());
+                println!(
+                    "events={} seconds={:.3} rate={:.0}/s",
+                    b.events,
+                    b.seconds,
+                    b.rate()
+                );
             }
             Ok(())
         }
@@ -215,11 +225,24 @@ mod tests {
     #[test]
     fn rill_options_are_taken_out_of_job_args() {
         let s = split_args(
-            ["--input", "f", "--parallelism", "4", "-D", "a=b", "-Dc=d", "--window", "x"]
-                .map(String::from)
-                .to_vec(),
+            [
+                "--input",
+                "f",
+                "--parallelism",
+                "4",
+                "-D",
+                "a=b",
+                "-Dc=d",
+                "--window",
+                "x",
+            ]
+            .map(String::from)
+            .to_vec(),
         );
-        assert_eq!(s.job, ["--input", "f", "--window", "x"].map(String::from).to_vec());
+        assert_eq!(
+            s.job,
+            ["--input", "f", "--window", "x"].map(String::from).to_vec()
+        );
         assert_eq!(s.dynamic, vec!["a=b".to_string(), "c=d".to_string()]);
         assert_eq!(s.parallelism.as_deref(), Some("4"));
     }
@@ -229,7 +252,10 @@ mod tests {
         let catalog = Catalog::default();
         assert_eq!(run(catalog.clone(), ["rill", "run", "nope"]), 1);
         assert_eq!(run(catalog.clone(), ["rill", "frobnicate"]), 2);
-        assert_eq!(run(catalog.clone(), ["rill", "-D", "no.such.key=1", "entries"]), 1);
+        assert_eq!(
+            run(catalog.clone(), ["rill", "-D", "no.such.key=1", "entries"]),
+            1
+        );
         assert_eq!(run(catalog, ["rill", "entries"]), 0);
     }
 }

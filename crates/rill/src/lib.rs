@@ -67,7 +67,11 @@ pub fn build_job(
 }
 
 /// Runs a catalogue entry to completion in this process.
-pub fn run_local(entry: &JobEntry, args: &JobArgs, config: Configuration) -> Result<JobReport, Error> {
+pub fn run_local(
+    entry: &JobEntry,
+    args: &JobArgs,
+    config: Configuration,
+) -> Result<JobReport, Error> {
     let executor = executor_for(&config)?;
     let graph = build_job(entry, args, config)?;
     Ok(executor.run(&graph)?)

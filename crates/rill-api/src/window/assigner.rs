@@ -328,7 +328,11 @@ mod tests {
         let s = SlidingEventTimeWindows::of(10, 4);
         assert_eq!(
             assign(&s, 9),
-            vec![TimeWindow::new(0, 10), TimeWindow::new(4, 14), TimeWindow::new(8, 18)]
+            vec![
+                TimeWindow::new(0, 10),
+                TimeWindow::new(4, 14),
+                TimeWindow::new(8, 18)
+            ]
         );
         let s = SlidingEventTimeWindows::of(4, 10); // gaps between windows
         assert!(assign(&s, 5).is_empty());

@@ -23,9 +23,7 @@ pub use assigner::{
     SlidingProcessingTimeWindows, TimeWindow, TumblingEventTimeWindows,
     TumblingProcessingTimeWindows, Window, WindowAssigner,
 };
-pub use function::{
-    AggregateWindow, ProcessWindow, ReduceWindow, WindowFunction, WindowOutput,
-};
+pub use function::{AggregateWindow, ProcessWindow, ReduceWindow, WindowFunction, WindowOutput};
 pub use operator::WindowOperator;
 pub use trigger::{
     ContinuousEventTimeTrigger, CountTrigger, DeltaTrigger, EventTimeTrigger, NeverTrigger,

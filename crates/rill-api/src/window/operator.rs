@@ -43,6 +43,8 @@ impl<W, Acc, S: Default> Slot<W, Acc, S> {
 }
 
 type Queue<K, W> = BTreeMap<Timestamp, Vec<(K, W)>>;
+type WindowMap<T, A, Tr, F, K> =
+    FxHashMap<(K, <A as WindowAssigner<T>>::W), SlotOf<T, A, Tr, F, K>>;
 type SlotOf<T, A, Tr, F, K> = Slot<
     <A as WindowAssigner<T>>::W,
     <F as WindowFunction<K, T, <A as WindowAssigner<T>>::W>>::Acc,
@@ -63,7 +65,7 @@ where
     allowed_lateness: i64,
     late: Option<OutputTag<T>>,
     /// Open windows by (key, window).
-    windows: FxHashMap<(K, A::W), SlotOf<T, A, Tr, F, K>>,
+    windows: WindowMap<T, A, Tr, F, K>,
     /// The open windows of each key, kept for merging assigners only.
     sessions: FxHashMap<K, SmallVec<[A::W; 2]>>,
     event_timers: Queue<K, A::W>,
@@ -85,27 +87,22 @@ fn apply_requests<K: Clone, W: Clone, Acc, S>(
     processing: &mut Queue<K, W>,
 ) {
     for request in requests.drain(..) {
-        match request {
-            TimerRequest::RegisterEventTime(t) => {
-                if !slot.event_timers.contains(&t) {
-                    slot.event_timers.push(t);
-                    event
-                        .entry(t)
-                        .or_default()
-                        .push((key.clone(), slot.window.clone()));
-                }
-            }
-            TimerRequest::DeleteEventTime(t) => slot.event_timers.retain(|x| *x != t),
-            TimerRequest::RegisterProcessingTime(t) => {
-                if !slot.processing_timers.contains(&t) {
-                    slot.processing_timers.push(t);
-                    processing
-                        .entry(t)
-                        .or_default()
-                        .push((key.clone(), slot.window.clone()));
-                }
-            }
-            TimerRequest::DeleteProcessingTime(t) => slot.processing_timers.retain(|x| *x != t),
+        let (domain, time, register) = match request {
+            TimerRequest::Register(d, t) => (d, t, true),
+            TimerRequest::Delete(d, t) => (d, t, false),
+        };
+        let (live, queue) = match domain {
+            TimeDomain::EventTime => (&mut slot.event_timers, &mut *event),
+            TimeDomain::ProcessingTime => (&mut slot.processing_timers, &mut *processing),
+        };
+        if !register {
+            live.retain(|x| *x != time);
+        } else if !live.contains(&time) {
+            live.push(time);
+            queue
+                .entry(time)
+                .or_default()
+                .push((key.clone(), slot.window.clone()));
         }
     }
 }
@@ -190,13 +187,12 @@ where
 
     fn cleanup_request(&self, w: &A::W) -> Option<TimerRequest> {
         let t = self.cleanup_time(w);
-        (t != MAX_WATERMARK).then(|| {
-            if self.assigner.is_event_time() {
-                TimerRequest::RegisterEventTime(t)
-            } else {
-                TimerRequest::RegisterProcessingTime(t)
-            }
-        })
+        let domain = if self.assigner.is_event_time() {
+            TimeDomain::EventTime
+        } else {
+            TimeDomain::ProcessingTime
+        };
+        (t != MAX_WATERMARK).then_some(TimerRequest::Register(domain, t))
     }
 
     fn late_element(&mut self, value: T, ts: Timestamp) {
@@ -255,7 +251,13 @@ where
         apply_requests(requests, &key, slot, event_timers, processing_timers);
     }
 
-    fn process_non_merging(&mut self, key: K, value: T, ts: Timestamp, windows: SmallVec<[A::W; 4]>) {
+    fn process_non_merging(
+        &mut self,
+        key: K,
+        value: T,
+        ts: Timestamp,
+        windows: SmallVec<[A::W; 4]>,
+    ) {
         let mut live: SmallVec<[A::W; 4]> = windows
             .into_iter()
             .filter(|w| !self.is_window_late(w))

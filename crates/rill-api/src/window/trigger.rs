@@ -11,6 +11,7 @@ use smallvec::SmallVec;
 
 use super::assigner::Window;
 use crate::element::Data;
+use crate::keyed::TimeDomain;
 use crate::time::Timestamp;
 
 /// What a trigger wants done with its window.
@@ -33,10 +34,8 @@ impl TriggerResult {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TimerRequest {
-    RegisterEventTime(Timestamp),
-    DeleteEventTime(Timestamp),
-    RegisterProcessingTime(Timestamp),
-    DeleteProcessingTime(Timestamp),
+    Register(TimeDomain, Timestamp),
+    Delete(TimeDomain, Timestamp),
 }
 
 /// What a trigger sees: its per-window state, the clocks, and timers.
@@ -55,16 +54,20 @@ impl<S> TriggerContext<'_, S> {
         self.processing_time
     }
     pub fn register_event_time_timer(&mut self, time: Timestamp) {
-        self.timers.push(TimerRequest::RegisterEventTime(time));
+        self.timers
+            .push(TimerRequest::Register(TimeDomain::EventTime, time));
     }
     pub fn delete_event_time_timer(&mut self, time: Timestamp) {
-        self.timers.push(TimerRequest::DeleteEventTime(time));
+        self.timers
+            .push(TimerRequest::Delete(TimeDomain::EventTime, time));
     }
     pub fn register_processing_time_timer(&mut self, time: Timestamp) {
-        self.timers.push(TimerRequest::RegisterProcessingTime(time));
+        self.timers
+            .push(TimerRequest::Register(TimeDomain::ProcessingTime, time));
     }
     pub fn delete_processing_time_timer(&mut self, time: Timestamp) {
-        self.timers.push(TimerRequest::DeleteProcessingTime(time));
+        self.timers
+            .push(TimerRequest::Delete(TimeDomain::ProcessingTime, time));
     }
 }
 
@@ -127,7 +130,13 @@ impl<T, W: Window> Trigger<T, W> for EventTimeTrigger {
     type State = ();
 
     #[inline]
-    fn on_element(&self, _: &T, _: Timestamp, w: &W, ctx: &mut TriggerContext<'_, ()>) -> TriggerResult {
+    fn on_element(
+        &self,
+        _: &T,
+        _: Timestamp,
+        w: &W,
+        ctx: &mut TriggerContext<'_, ()>,
+    ) -> TriggerResult {
         if w.max_timestamp() <= ctx.watermark {
             TriggerResult::Fire
         } else {
@@ -135,7 +144,12 @@ impl<T, W: Window> Trigger<T, W> for EventTimeTrigger {
             TriggerResult::Continue
         }
     }
-    fn on_event_time(&self, time: Timestamp, w: &W, _: &mut TriggerContext<'_, ()>) -> TriggerResult {
+    fn on_event_time(
+        &self,
+        time: Timestamp,
+        w: &W,
+        _: &mut TriggerContext<'_, ()>,
+    ) -> TriggerResult {
         if time == w.max_timestamp() {
             TriggerResult::Fire
         } else {
@@ -162,11 +176,22 @@ pub struct ProcessingTimeTrigger;
 impl<T, W: Window> Trigger<T, W> for ProcessingTimeTrigger {
     type State = ();
 
-    fn on_element(&self, _: &T, _: Timestamp, w: &W, ctx: &mut TriggerContext<'_, ()>) -> TriggerResult {
+    fn on_element(
+        &self,
+        _: &T,
+        _: Timestamp,
+        w: &W,
+        ctx: &mut TriggerContext<'_, ()>,
+    ) -> TriggerResult {
         ctx.register_processing_time_timer(w.max_timestamp());
         TriggerResult::Continue
     }
-    fn on_processing_time(&self, _: Timestamp, _: &W, _: &mut TriggerContext<'_, ()>) -> TriggerResult {
+    fn on_processing_time(
+        &self,
+        _: Timestamp,
+        _: &W,
+        _: &mut TriggerContext<'_, ()>,
+    ) -> TriggerResult {
         TriggerResult::Fire
     }
     fn can_merge(&self) -> bool {
@@ -199,7 +224,13 @@ impl CountTrigger {
 impl<T, W: Window> Trigger<T, W> for CountTrigger {
     type State = u64;
 
-    fn on_element(&self, _: &T, _: Timestamp, _: &W, ctx: &mut TriggerContext<'_, u64>) -> TriggerResult {
+    fn on_element(
+        &self,
+        _: &T,
+        _: Timestamp,
+        _: &W,
+        ctx: &mut TriggerContext<'_, u64>,
+    ) -> TriggerResult {
         *ctx.state += 1;
         if *ctx.state >= self.count {
             *ctx.state = 0;
@@ -222,7 +253,13 @@ pub struct NeverTrigger;
 
 impl<T, W: Window> Trigger<T, W> for NeverTrigger {
     type State = ();
-    fn on_element(&self, _: &T, _: Timestamp, _: &W, _: &mut TriggerContext<'_, ()>) -> TriggerResult {
+    fn on_element(
+        &self,
+        _: &T,
+        _: Timestamp,
+        _: &W,
+        _: &mut TriggerContext<'_, ()>,
+    ) -> TriggerResult {
         TriggerResult::Continue
     }
     fn can_merge(&self) -> bool {
@@ -251,13 +288,29 @@ fn purging(r: TriggerResult) -> TriggerResult {
 impl<T, W: Window, Tr: Trigger<T, W>> Trigger<T, W> for PurgingTrigger<Tr> {
     type State = Tr::State;
 
-    fn on_element(&self, v: &T, ts: Timestamp, w: &W, ctx: &mut TriggerContext<'_, Tr::State>) -> TriggerResult {
+    fn on_element(
+        &self,
+        v: &T,
+        ts: Timestamp,
+        w: &W,
+        ctx: &mut TriggerContext<'_, Tr::State>,
+    ) -> TriggerResult {
         purging(self.0.on_element(v, ts, w, ctx))
     }
-    fn on_event_time(&self, t: Timestamp, w: &W, ctx: &mut TriggerContext<'_, Tr::State>) -> TriggerResult {
+    fn on_event_time(
+        &self,
+        t: Timestamp,
+        w: &W,
+        ctx: &mut TriggerContext<'_, Tr::State>,
+    ) -> TriggerResult {
         purging(self.0.on_event_time(t, w, ctx))
     }
-    fn on_processing_time(&self, t: Timestamp, w: &W, ctx: &mut TriggerContext<'_, Tr::State>) -> TriggerResult {
+    fn on_processing_time(
+        &self,
+        t: Timestamp,
+        w: &W,
+        ctx: &mut TriggerContext<'_, Tr::State>,
+    ) -> TriggerResult {
         purging(self.0.on_processing_time(t, w, ctx))
     }
     fn can_merge(&self) -> bool {
@@ -290,7 +343,13 @@ impl<T, W: Window> Trigger<T, W> for ContinuousEventTimeTrigger {
     /// The next early firing time.
     type State = Option<Timestamp>;
 
-    fn on_element(&self, _: &T, ts: Timestamp, w: &W, ctx: &mut TriggerContext<'_, Option<Timestamp>>) -> TriggerResult {
+    fn on_element(
+        &self,
+        _: &T,
+        ts: Timestamp,
+        w: &W,
+        ctx: &mut TriggerContext<'_, Option<Timestamp>>,
+    ) -> TriggerResult {
         if w.max_timestamp() <= ctx.watermark {
             return TriggerResult::Fire;
         }
@@ -303,7 +362,12 @@ impl<T, W: Window> Trigger<T, W> for ContinuousEventTimeTrigger {
         }
         TriggerResult::Continue
     }
-    fn on_event_time(&self, time: Timestamp, w: &W, ctx: &mut TriggerContext<'_, Option<Timestamp>>) -> TriggerResult {
+    fn on_event_time(
+        &self,
+        time: Timestamp,
+        w: &W,
+        ctx: &mut TriggerContext<'_, Option<Timestamp>>,
+    ) -> TriggerResult {
         if time == w.max_timestamp() {
             return TriggerResult::Fire;
         }
@@ -318,7 +382,12 @@ impl<T, W: Window> Trigger<T, W> for ContinuousEventTimeTrigger {
     fn can_merge(&self) -> bool {
         true
     }
-    fn on_merge(&self, w: &W, merged: Vec<Option<Timestamp>>, ctx: &mut TriggerContext<'_, Option<Timestamp>>) {
+    fn on_merge(
+        &self,
+        w: &W,
+        merged: Vec<Option<Timestamp>>,
+        ctx: &mut TriggerContext<'_, Option<Timestamp>>,
+    ) {
         let next = merged.into_iter().flatten().min();
         *ctx.state = next;
         if let Some(next) = next {
@@ -383,7 +452,13 @@ where
 {
     type State = LastFired<T>;
 
-    fn on_element(&self, v: &T, _: Timestamp, _: &W, ctx: &mut TriggerContext<'_, LastFired<T>>) -> TriggerResult {
+    fn on_element(
+        &self,
+        v: &T,
+        _: Timestamp,
+        _: &W,
+        ctx: &mut TriggerContext<'_, LastFired<T>>,
+    ) -> TriggerResult {
         match &ctx.state.0 {
             None => {
                 ctx.state.0 = Some(v.clone());
@@ -403,7 +478,11 @@ mod tests {
     use super::*;
     use crate::window::TimeWindow;
 
-    fn ctx<'a, S>(state: &'a mut S, timers: &'a mut SmallVec<[TimerRequest; 4]>, wm: i64) -> TriggerContext<'a, S> {
+    fn ctx<'a, S>(
+        state: &'a mut S,
+        timers: &'a mut SmallVec<[TimerRequest; 4]>,
+        wm: i64,
+    ) -> TriggerContext<'a, S> {
         TriggerContext {
             state,
             watermark: wm,
@@ -416,11 +495,30 @@ mod tests {
     fn event_time_trigger_registers_then_fires_late() {
         let w = TimeWindow::new(0, 10);
         let mut timers = SmallVec::new();
-        let r = Trigger::<(), _>::on_element(&EventTimeTrigger, &(), 3, &w, &mut ctx(&mut (), &mut timers, 0));
+        let r = Trigger::<(), _>::on_element(
+            &EventTimeTrigger,
+            &(),
+            3,
+            &w,
+            &mut ctx(&mut (), &mut timers, 0),
+        );
         assert_eq!(r, TriggerResult::Continue);
-        assert_eq!(timers.as_slice(), &[TimerRequest::RegisterEventTime(9)]);
-        let r = Trigger::<(), _>::on_element(&EventTimeTrigger, &(), 3, &w, &mut ctx(&mut (), &mut timers, 9));
-        assert_eq!(r, TriggerResult::Fire, "a late element within lateness fires at once");
+        assert_eq!(
+            timers.as_slice(),
+            &[TimerRequest::Register(TimeDomain::EventTime, 9)]
+        );
+        let r = Trigger::<(), _>::on_element(
+            &EventTimeTrigger,
+            &(),
+            3,
+            &w,
+            &mut ctx(&mut (), &mut timers, 9),
+        );
+        assert_eq!(
+            r,
+            TriggerResult::Fire,
+            "a late element within lateness fires at once"
+        );
     }
 
     #[test]
@@ -445,7 +543,10 @@ mod tests {
         let mut s = LastFired::default();
         let fired: Vec<bool> = [1.0, 3.0, 7.0, 9.0, 12.5]
             .iter()
-            .map(|v| t.on_element(v, 0, &w, &mut ctx(&mut s, &mut timers, 0)).is_fire())
+            .map(|v| {
+                t.on_element(v, 0, &w, &mut ctx(&mut s, &mut timers, 0))
+                    .is_fire()
+            })
             .collect();
         assert_eq!(fired, vec![false, false, true, false, true]);
     }

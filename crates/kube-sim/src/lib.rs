@@ -1,0 +1,1 @@
+//! kube-sim: a local Kubernetes API emulator (work in progress).
