@@ -175,3 +175,29 @@ fn unknown_job_options_are_rejected() {
     let err = run_entry("wordcount", &args(&["--inptu", "x"]), 1).unwrap_err();
     assert!(err.contains("--inptu"), "{err}");
 }
+
+#[test]
+fn wordcount_reads_a_socket() {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.write_all(b"to be or\nnot to be\n").unwrap();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("counts.csv");
+    run_entry(
+        "wordcount",
+        &args(&["--socket", &addr, "--output", output.to_str().unwrap()]),
+        2,
+    )
+    .unwrap();
+    server.join().unwrap();
+    let lines = sorted_lines(&output);
+    assert!(
+        lines.contains(&"to,2".to_string()) && lines.contains(&"be,2".to_string()),
+        "{lines:?}"
+    );
+    assert_eq!(lines.len(), 6);
+}

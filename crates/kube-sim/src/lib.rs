@@ -1,1 +1,0 @@
-//! kube-sim: a local Kubernetes API emulator (work in progress).
