@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::checkpoint::{decode_state, encode_state, CheckpointId, OperatorState};
 use crate::element::{Data, Key, KeySelector, Output, Signal};
 use crate::error::Result;
 use crate::exec::{SubtaskInfo, TaskInput, TwoInputHead, TwoInputOperator};
@@ -86,13 +87,15 @@ impl<T: Data, B: Data> BroadcastConnectedStream<T, B, ()> {
         self.two_input(
             "BroadcastProcess",
             Arc::new(Builder::<T, B, O, _>::new(
-                move |_: &SubtaskInfo, out, side| {
+                move |info: &SubtaskInfo, out, side| {
+                    let (watermark, state) = restored_broadcast(info)?;
                     Ok(Box::new(BroadcastOperator {
                         f: f.clone(),
-                        state: F::State::default(),
+                        state,
                         out,
                         side,
-                        watermark: MIN_WATERMARK,
+                        watermark,
+                        info: info.clone(),
                     }) as Box<dyn TwoInputOperator<T, B>>)
                 },
             )),
@@ -112,18 +115,23 @@ impl<T: Data, B: Data, K: Key> BroadcastConnectedStream<T, B, K> {
         self.two_input(
             "KeyedBroadcastProcess",
             Arc::new(Builder::<T, B, O, _>::new(
-                move |_: &SubtaskInfo, out, side| {
+                move |info: &SubtaskInfo, out, side| {
                     let now = crate::time::now_ms();
+                    let (watermark, state) = restored_broadcast(info)?;
+                    let mut store = KeyedStateStore::new();
+                    let mut timers = TimerService::default();
+                    crate::keyed::restore_keyed(&mut store, &mut timers, info)?;
                     Ok(Box::new(KeyedBroadcastOperator {
                         f: f.clone(),
                         key_of: key_of.clone(),
-                        state: F::State::default(),
-                        store: KeyedStateStore::new(),
-                        timers: TimerService::default(),
+                        state,
+                        store,
+                        timers,
                         out,
                         side,
-                        watermark: MIN_WATERMARK,
+                        watermark,
                         processing_time: now,
+                        info: info.clone(),
                     }) as Box<dyn TwoInputOperator<T, B>>)
                 },
             )),
@@ -169,8 +177,54 @@ where
         let rx2 = *rx2.downcast::<crate::exec::Rx<B>>().map_err(|_| wiring())?;
         let op = (self.make)(info, main, side)?;
         Ok(Box::new(TwoInputHead::new(
-            rx1, channels1, rx2, channels2, op,
+            rx1,
+            channels1,
+            rx2,
+            channels2,
+            op,
+            info.checkpoint.snapshots.clone(),
         )))
+    }
+}
+
+/// Every subtask holds the same broadcast state, so a restore (at any
+/// parallelism) takes the copy of the first old subtask, and the lowest
+/// watermark of all.
+fn restored_broadcast<S: DeserializeOwned + Default>(info: &SubtaskInfo) -> Result<(Timestamp, S)> {
+    let Some(restored) = info.restored() else {
+        return Ok((MIN_WATERMARK, S::default()));
+    };
+    let mut watermark: Option<Timestamp> = None;
+    let mut state = None;
+    for blob in restored.operator.values() {
+        let (wm, s): (Timestamp, S) = decode_state(&info.uid, blob)?;
+        watermark = Some(watermark.map_or(wm, |w| w.min(wm)));
+        state.get_or_insert(s);
+    }
+    Ok((
+        watermark.unwrap_or(MIN_WATERMARK),
+        state.unwrap_or_default(),
+    ))
+}
+
+/// Snapshots broadcast state (with the watermark) and, for keyed
+/// operators, keyed state and timers.
+fn snapshot_broadcast<S: Serialize>(
+    info: &SubtaskInfo,
+    id: CheckpointId,
+    watermark: Timestamp,
+    state: &S,
+    keyed: impl FnOnce() -> Result<Vec<(usize, Vec<u8>)>>,
+) {
+    let snapshot = (|| {
+        Ok::<_, crate::Error>(OperatorState {
+            keyed: keyed()?,
+            operator: Some(encode_state(&info.uid, &(watermark, state))?),
+        })
+    })();
+    match snapshot {
+        Ok(state) => info.put_snapshot(id, state),
+        Err(e) => info.checkpoint.snapshots.failed(id, e.to_string()),
     }
 }
 
@@ -180,6 +234,7 @@ struct BroadcastOperator<F: BroadcastProcessFunction<T, B, O>, T, B, O> {
     out: Box<dyn Output<O>>,
     side: SideOutputs,
     watermark: Timestamp,
+    info: SubtaskInfo,
 }
 
 impl<F, T, B, O> TwoInputOperator<T, B> for BroadcastOperator<F, T, B, O>
@@ -199,8 +254,14 @@ where
             .process_broadcast_element(value, &mut self.state, &mut ctx);
     }
     fn signal(&mut self, signal: Signal) {
-        if let Signal::Watermark(wm) = signal {
-            self.watermark = wm;
+        match signal {
+            Signal::Watermark(wm) => self.watermark = wm,
+            Signal::Barrier(id) if self.info.checkpoint.enabled => {
+                snapshot_broadcast(&self.info, id, self.watermark, &self.state, || {
+                    Ok(Vec::new())
+                })
+            }
+            _ => {}
         }
         self.out.signal(signal);
         self.side.signal(signal);
@@ -217,6 +278,7 @@ struct KeyedBroadcastOperator<F: KeyedBroadcastProcessFunction<K, T, B, O>, K, T
     side: SideOutputs,
     watermark: Timestamp,
     processing_time: Timestamp,
+    info: SubtaskInfo,
 }
 
 impl<F, K, T, B, O> KeyedBroadcastOperator<F, K, T, B, O>
@@ -282,6 +344,12 @@ where
                 self.processing_time = now;
                 self.store.advance_time(now);
                 self.fire(TimeDomain::ProcessingTime, now);
+            }
+            Signal::Barrier(id) if self.info.checkpoint.enabled => {
+                let (store, timers, info) = (&self.store, &self.timers, &self.info);
+                snapshot_broadcast(info, id, self.watermark, &self.state, || {
+                    crate::keyed::snapshot_keyed(store, timers, info)
+                })
             }
             _ => {}
         }

@@ -65,6 +65,35 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "completed checkpoints kept",
     ),
     ("state.savepoints.dir", "", "default savepoint location"),
+    (
+        "execution.checkpointing.mode",
+        "EXACTLY_ONCE",
+        "EXACTLY_ONCE (aligned barriers) or AT_LEAST_ONCE",
+    ),
+    (
+        "execution.savepoint.path",
+        "",
+        "checkpoint or savepoint to restore the job from",
+    ),
+    (
+        "execution.savepoint.ignore-unclaimed-state",
+        "false",
+        "allow restoring state of operators the job no longer has",
+    ),
+    (
+        "$internal.pipeline.job-id",
+        "",
+        "job id (names the checkpoint directory; default: the job name)",
+    ),
+    (
+        "s3.endpoint",
+        "",
+        "S3 endpoint (MinIO and other S3-compatible stores)",
+    ),
+    ("s3.region", "", "S3 region"),
+    ("s3.access-key", "", "S3 access key"),
+    ("s3.secret-key", "", "S3 secret key"),
+    ("s3.path.style.access", "false", "path-style S3 URLs"),
     ("state.backend.type", "hashmap", "hashmap or rocksdb"),
     (
         "state.backend.incremental",
@@ -105,6 +134,16 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "restart-strategy.exponential-delay.attempts-before-reset-backoff",
         "",
         "restarts allowed",
+    ),
+    (
+        "restart-strategy.exponential-delay.reset-backoff-threshold",
+        "1 h",
+        "a run this long resets the pause",
+    ),
+    (
+        "restart-strategy.exponential-delay.jitter-factor",
+        "0.1",
+        "random share added to or taken from a pause",
     ),
     (
         "restart-strategy.failure-rate.max-failures-per-interval",

@@ -36,6 +36,10 @@ pub enum Signal {
     Flush,
     /// No more input will arrive.
     EndOfInput,
+    /// A checkpoint barrier: snapshot state now, then pass it on.
+    Barrier(crate::checkpoint::CheckpointId),
+    /// The checkpoint is complete everywhere: commit what it covers.
+    CheckpointComplete(crate::checkpoint::CheckpointId),
 }
 
 /// The push interface between chained operators (and into exchanges).

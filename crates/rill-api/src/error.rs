@@ -21,6 +21,9 @@ pub enum Error {
     /// Keyed state was misused.
     #[error(transparent)]
     State(#[from] rill_state::StateError),
+    /// State could not be snapshotted or restored.
+    #[error("checkpoint state: {0}")]
+    Checkpoint(String),
     /// An I/O error with context.
     #[error("{context}: {source}")]
     Io {

@@ -7,6 +7,7 @@
 //! from its inputs. They live next to the API because only code that knows the
 //! record types can instantiate them.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +15,9 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{
+    CheckpointContext, CheckpointId, OperatorState, RestoredOperator, SnapshotBuffer,
+};
 use crate::element::{Data, Output, Signal};
 use crate::error::{Error, Result};
 use crate::source::{Source, SourceOutput, SourcePoll};
@@ -56,6 +60,59 @@ pub struct SubtaskInfo {
     pub parallelism: usize,
     pub max_parallelism: usize,
     pub failure: FailureSlot,
+    pub checkpoint: CheckpointContext,
+}
+
+impl SubtaskInfo {
+    /// The key groups this subtask owns.
+    pub fn key_groups(&self) -> Result<rill_state::KeyGroupRange> {
+        Ok(rill_state::KeyGroupRange::for_subtask(
+            self.max_parallelism,
+            self.parallelism,
+            self.index,
+        )?)
+    }
+
+    /// The restored state of this operator (by uid), if any.
+    pub fn restored(&self) -> Option<&RestoredOperator> {
+        self.checkpoint.operator(&self.uid)
+    }
+
+    /// Keyed state blobs of this operator for the key groups it now owns.
+    pub fn restored_key_groups(&self) -> Result<Vec<(usize, &[u8])>> {
+        Ok(crate::checkpoint::restored_key_groups(
+            self.restored(),
+            self.key_groups()?,
+        ))
+    }
+
+    /// Operator state this subtask takes over (its own at equal parallelism).
+    pub fn restored_operator_states(&self) -> Vec<&[u8]> {
+        crate::checkpoint::restored_operator_states(self.restored(), self.index, self.parallelism)
+    }
+
+    /// Reports this operator's part of checkpoint state.
+    pub fn put_snapshot(&self, checkpoint: CheckpointId, state: OperatorState) {
+        self.checkpoint
+            .snapshots
+            .put(crate::checkpoint::Snapshotted::State {
+                checkpoint,
+                uid: self.uid.clone(),
+                subtask: self.index,
+                parallelism: self.parallelism,
+                max_parallelism: self.max_parallelism,
+                state,
+            });
+    }
+
+    /// The same subtask under another uid (for helpers chained inside an
+    /// operator, such as a source's watermark generator).
+    pub fn with_uid(&self, uid: String) -> Self {
+        Self {
+            uid,
+            ..self.clone()
+        }
+    }
 }
 
 /// What travels between tasks.
@@ -64,6 +121,8 @@ pub enum Event<T> {
     Record(T, Timestamp),
     Watermark(Timestamp),
     Idle(bool),
+    /// A checkpoint barrier; everything before it belongs to the checkpoint.
+    Barrier(CheckpointId),
     End,
 }
 
@@ -184,7 +243,11 @@ impl<T: Data> Output<T> for ExchangeOutput<T> {
                 self.push_all(Event::End);
                 self.flush();
             }
-            Signal::ProcessingTime(_) => {}
+            Signal::Barrier(id) => {
+                self.push_all(Event::Barrier(id));
+                self.flush();
+            }
+            Signal::ProcessingTime(_) | Signal::CheckpointComplete(_) => {}
         }
     }
 }
@@ -307,8 +370,84 @@ pub enum Progress {
 pub trait TaskInput: Send {
     /// Processes available input, waiting at most `timeout` for some.
     fn poll(&mut self, timeout: Duration) -> Result<Progress>;
-    /// Passes a task-level signal (ticks, flush) into the chain.
+    /// Passes a task-level signal (ticks, flush, checkpoint completion) into
+    /// the chain.
     fn signal(&mut self, signal: Signal);
+    /// Starts checkpoint `id` here: only sources can (they snapshot their
+    /// position and emit the barrier); returns whether this task did.
+    fn trigger_checkpoint(&mut self, _id: CheckpointId) -> Result<bool> {
+        Ok(false)
+    }
+}
+
+/// Barrier alignment (exactly-once): once a channel has delivered barrier
+/// `n`, its later events wait until every other open channel has delivered
+/// `n` as well, so the snapshot taken at `n` reflects exactly the records
+/// before the barrier on every channel. Ended channels count as aligned.
+#[derive(Debug, Clone)]
+pub struct BarrierAligner {
+    received: Vec<bool>,
+    ended: Vec<bool>,
+    pending: Option<CheckpointId>,
+}
+
+impl BarrierAligner {
+    pub fn new(channels: usize) -> Self {
+        Self {
+            received: vec![false; channels],
+            ended: vec![false; channels],
+            pending: None,
+        }
+    }
+
+    /// Whether events of `channel` must wait (it is ahead of the others).
+    #[inline]
+    pub fn is_blocked(&self, channel: usize) -> bool {
+        self.pending.is_some() && self.received.get(channel).copied().unwrap_or(false)
+    }
+
+    /// A barrier arrived on `channel`; returns the checkpoint whose barriers
+    /// are now aligned, if any.
+    pub fn barrier(&mut self, channel: usize, id: CheckpointId) -> Result<Option<CheckpointId>> {
+        match self.pending {
+            None => {
+                self.pending = Some(id);
+                self.received.iter_mut().for_each(|r| *r = false);
+            }
+            Some(pending) if pending == id => {}
+            Some(pending) => {
+                return Err(Error::Checkpoint(format!(
+                    "barrier {id} arrived on channel {channel} while aligning barrier {pending}"
+                )))
+            }
+        }
+        if let Some(r) = self.received.get_mut(channel) {
+            *r = true;
+        }
+        Ok(self.try_complete())
+    }
+
+    /// `channel` ended; returns a checkpoint this completes, if any.
+    pub fn end(&mut self, channel: usize) -> Option<CheckpointId> {
+        if let Some(e) = self.ended.get_mut(channel) {
+            *e = true;
+        }
+        self.try_complete()
+    }
+
+    fn try_complete(&mut self) -> Option<CheckpointId> {
+        let pending = self.pending?;
+        let aligned = self
+            .received
+            .iter()
+            .zip(&self.ended)
+            .all(|(received, ended)| *received || *ended);
+        aligned.then(|| {
+            self.pending = None;
+            self.received.iter_mut().for_each(|r| *r = false);
+            pending
+        })
+    }
 }
 
 fn apply_valve<T>(chain: &mut dyn Output<T>, out: ValveOutput) {
@@ -324,42 +463,92 @@ fn apply_valve<T>(chain: &mut dyn Output<T>, out: ValveOutput) {
 pub struct OneInputHead<T> {
     rx: Rx<T>,
     valve: WatermarkValve,
+    aligner: BarrierAligner,
+    /// Events of blocked channels, in arrival order.
+    stash: Vec<VecDeque<Event<T>>>,
     chain: Box<dyn Output<T>>,
+    snapshots: SnapshotBuffer,
 }
 
 impl<T: Data> OneInputHead<T> {
-    pub fn new(rx: Rx<T>, channels: usize, chain: Box<dyn Output<T>>) -> Self {
+    pub fn new(
+        rx: Rx<T>,
+        channels: usize,
+        chain: Box<dyn Output<T>>,
+        snapshots: SnapshotBuffer,
+    ) -> Self {
         Self {
             rx,
             valve: WatermarkValve::new(channels),
+            aligner: BarrierAligner::new(channels),
+            stash: (0..channels).map(|_| VecDeque::new()).collect(),
             chain,
+            snapshots,
         }
     }
 
-    fn process(&mut self, batch: Batch<T>) -> Progress {
+    fn process(&mut self, batch: Batch<T>) -> Result<Progress> {
         let channel = batch.channel as usize;
         for event in batch.events {
-            match event {
-                Event::Record(v, ts) => self.chain.record(v, ts),
-                Event::Watermark(wm) => {
-                    let out = self.valve.watermark(channel, wm);
-                    apply_valve(&mut *self.chain, out);
+            if self.handle(channel, event)? == Progress::Finished {
+                return Ok(Progress::Finished);
+            }
+        }
+        Ok(Progress::Busy)
+    }
+
+    fn handle(&mut self, channel: usize, event: Event<T>) -> Result<Progress> {
+        if self.aligner.is_blocked(channel) {
+            if let Some(stash) = self.stash.get_mut(channel) {
+                stash.push_back(event);
+            }
+            return Ok(Progress::Busy);
+        }
+        match event {
+            Event::Record(v, ts) => self.chain.record(v, ts),
+            Event::Watermark(wm) => {
+                let out = self.valve.watermark(channel, wm);
+                apply_valve(&mut *self.chain, out);
+            }
+            Event::Idle(idle) => {
+                let out = self.valve.idle(channel, idle);
+                apply_valve(&mut *self.chain, out);
+            }
+            Event::Barrier(id) => {
+                if let Some(id) = self.aligner.barrier(channel, id)? {
+                    return self.aligned(id);
                 }
-                Event::Idle(idle) => {
-                    let out = self.valve.idle(channel, idle);
-                    apply_valve(&mut *self.chain, out);
-                }
-                Event::End => {
-                    let (out, all_ended) = self.valve.end(channel);
-                    apply_valve(&mut *self.chain, out);
-                    if all_ended {
-                        self.chain.signal(Signal::EndOfInput);
-                        return Progress::Finished;
+            }
+            Event::End => {
+                let (out, all_ended) = self.valve.end(channel);
+                if let Some(id) = self.aligner.end(channel) {
+                    if self.aligned(id)? == Progress::Finished {
+                        return Ok(Progress::Finished);
                     }
+                }
+                apply_valve(&mut *self.chain, out);
+                if all_ended {
+                    self.chain.signal(Signal::EndOfInput);
+                    return Ok(Progress::Finished);
                 }
             }
         }
-        Progress::Busy
+        Ok(Progress::Busy)
+    }
+
+    /// Every channel delivered barrier `id`: snapshot the chain, then replay
+    /// what the blocked channels delivered meanwhile.
+    fn aligned(&mut self, id: CheckpointId) -> Result<Progress> {
+        self.chain.signal(Signal::Barrier(id));
+        self.snapshots.done(id);
+        for channel in 0..self.stash.len() {
+            for event in std::mem::take(&mut self.stash[channel]) {
+                if self.handle(channel, event)? == Progress::Finished {
+                    return Ok(Progress::Finished);
+                }
+            }
+        }
+        Ok(Progress::Busy)
     }
 }
 
@@ -373,7 +562,7 @@ fn disconnected(what: &str) -> Error {
 impl<T: Data> TaskInput for OneInputHead<T> {
     fn poll(&mut self, timeout: Duration) -> Result<Progress> {
         match self.rx.recv_timeout(timeout) {
-            Ok(batch) => Ok(self.process(batch)),
+            Ok(batch) => self.process(batch),
             Err(RecvTimeoutError::Timeout) => Ok(Progress::Idle),
             Err(RecvTimeoutError::Disconnected) => Err(disconnected("input")),
         }
@@ -385,21 +574,33 @@ impl<T: Data> TaskInput for OneInputHead<T> {
 }
 
 /// An operator with two inputs of different types (e.g. a stream connected
-/// with a broadcast stream). Watermarks arrive already combined.
+/// with a broadcast stream). Watermarks and barriers arrive already combined.
 pub trait TwoInputOperator<A, B>: Send {
     fn record1(&mut self, value: A, timestamp: Timestamp);
     fn record2(&mut self, value: B, timestamp: Timestamp);
     fn signal(&mut self, signal: Signal);
 }
 
-/// Feeds a two-input operator from two gates.
+/// Feeds a two-input operator from two gates. Channels of the second gate
+/// follow those of the first in the valve and the aligner.
 pub struct TwoInputHead<A, B> {
     rx1: Rx<A>,
     rx2: Rx<B>,
     channels1: usize,
     ended: [bool; 2],
     valve: WatermarkValve,
+    aligner: BarrierAligner,
+    stash1: Vec<VecDeque<Event<A>>>,
+    stash2: Vec<VecDeque<Event<B>>>,
     operator: Box<dyn TwoInputOperator<A, B>>,
+    snapshots: SnapshotBuffer,
+}
+
+enum Control {
+    Watermark(Timestamp),
+    Idle(bool),
+    Barrier(CheckpointId),
+    End,
 }
 
 impl<A: Data, B: Data> TwoInputHead<A, B> {
@@ -409,6 +610,7 @@ impl<A: Data, B: Data> TwoInputHead<A, B> {
         rx2: Rx<B>,
         channels2: usize,
         operator: Box<dyn TwoInputOperator<A, B>>,
+        snapshots: SnapshotBuffer,
     ) -> Self {
         Self {
             rx1,
@@ -416,26 +618,102 @@ impl<A: Data, B: Data> TwoInputHead<A, B> {
             channels1,
             ended: [false; 2],
             valve: WatermarkValve::new(channels1 + channels2),
+            aligner: BarrierAligner::new(channels1 + channels2),
+            stash1: (0..channels1).map(|_| VecDeque::new()).collect(),
+            stash2: (0..channels2).map(|_| VecDeque::new()).collect(),
             operator,
+            snapshots,
         }
     }
 
-    fn control(&mut self, channel: usize, event: Control) -> Progress {
+    fn handle1(&mut self, channel: usize, event: Event<A>) -> Result<Progress> {
+        if self.aligner.is_blocked(channel) {
+            if let Some(stash) = self.stash1.get_mut(channel) {
+                stash.push_back(event);
+            }
+            return Ok(Progress::Busy);
+        }
+        let control = match event {
+            Event::Record(v, ts) => {
+                self.operator.record1(v, ts);
+                return Ok(Progress::Busy);
+            }
+            Event::Watermark(wm) => Control::Watermark(wm),
+            Event::Idle(idle) => Control::Idle(idle),
+            Event::Barrier(id) => Control::Barrier(id),
+            Event::End => Control::End,
+        };
+        self.control(channel, control)
+    }
+
+    fn handle2(&mut self, channel: usize, event: Event<B>) -> Result<Progress> {
+        let global = self.channels1 + channel;
+        if self.aligner.is_blocked(global) {
+            if let Some(stash) = self.stash2.get_mut(channel) {
+                stash.push_back(event);
+            }
+            return Ok(Progress::Busy);
+        }
+        let control = match event {
+            Event::Record(v, ts) => {
+                self.operator.record2(v, ts);
+                return Ok(Progress::Busy);
+            }
+            Event::Watermark(wm) => Control::Watermark(wm),
+            Event::Idle(idle) => Control::Idle(idle),
+            Event::Barrier(id) => Control::Barrier(id),
+            Event::End => Control::End,
+        };
+        self.control(global, control)
+    }
+
+    fn control(&mut self, channel: usize, event: Control) -> Result<Progress> {
         let out = match event {
             Control::Watermark(wm) => self.valve.watermark(channel, wm),
             Control::Idle(idle) => self.valve.idle(channel, idle),
+            Control::Barrier(id) => {
+                return match self.aligner.barrier(channel, id)? {
+                    Some(id) => self.aligned(id),
+                    None => Ok(Progress::Busy),
+                };
+            }
             Control::End => {
                 let (out, all) = self.valve.end(channel);
+                if let Some(id) = self.aligner.end(channel) {
+                    if self.aligned(id)? == Progress::Finished {
+                        return Ok(Progress::Finished);
+                    }
+                }
                 if all {
                     self.apply(out);
                     self.operator.signal(Signal::EndOfInput);
-                    return Progress::Finished;
+                    return Ok(Progress::Finished);
                 }
                 out
             }
         };
         self.apply(out);
-        Progress::Busy
+        Ok(Progress::Busy)
+    }
+
+    fn aligned(&mut self, id: CheckpointId) -> Result<Progress> {
+        self.operator.signal(Signal::Barrier(id));
+        self.snapshots.done(id);
+        for channel in 0..self.stash1.len() {
+            for event in std::mem::take(&mut self.stash1[channel]) {
+                if self.handle1(channel, event)? == Progress::Finished {
+                    return Ok(Progress::Finished);
+                }
+            }
+        }
+        for channel in 0..self.stash2.len() {
+            for event in std::mem::take(&mut self.stash2[channel]) {
+                if self.handle2(channel, event)? == Progress::Finished {
+                    return Ok(Progress::Finished);
+                }
+            }
+        }
+        Ok(Progress::Busy)
     }
 
     fn apply(&mut self, out: ValveOutput) {
@@ -446,12 +724,6 @@ impl<A: Data, B: Data> TwoInputHead<A, B> {
             self.operator.signal(Signal::Watermark(wm));
         }
     }
-}
-
-enum Control {
-    Watermark(Timestamp),
-    Idle(bool),
-    End,
 }
 
 impl<A: Data, B: Data> TaskInput for TwoInputHead<A, B> {
@@ -468,49 +740,22 @@ impl<A: Data, B: Data> TaskInput for TwoInputHead<A, B> {
             let batch = op.recv(&self.rx1).map_err(|_| disconnected("input 1"))?;
             let channel = batch.channel as usize;
             for event in batch.events {
-                let progress = match event {
-                    Event::Record(v, ts) => {
-                        self.operator.record1(v, ts);
-                        continue;
-                    }
-                    Event::Watermark(wm) => self.control(channel, Control::Watermark(wm)),
-                    Event::Idle(idle) => self.control(channel, Control::Idle(idle)),
-                    Event::End => self.control(channel, Control::End),
-                };
-                if progress == Progress::Finished {
-                    return Ok(progress);
+                if self.handle1(channel, event)? == Progress::Finished {
+                    return Ok(Progress::Finished);
                 }
-            }
-            if self.valve.channels[..self.channels1]
-                .iter()
-                .all(|c| c.ended)
-            {
-                self.ended[0] = true;
             }
         } else if Some(index) == i2 {
             let batch = op.recv(&self.rx2).map_err(|_| disconnected("input 2"))?;
-            let channel = self.channels1 + batch.channel as usize;
+            let channel = batch.channel as usize;
             for event in batch.events {
-                let progress = match event {
-                    Event::Record(v, ts) => {
-                        self.operator.record2(v, ts);
-                        continue;
-                    }
-                    Event::Watermark(wm) => self.control(channel, Control::Watermark(wm)),
-                    Event::Idle(idle) => self.control(channel, Control::Idle(idle)),
-                    Event::End => self.control(channel, Control::End),
-                };
-                if progress == Progress::Finished {
-                    return Ok(progress);
+                if self.handle2(channel, event)? == Progress::Finished {
+                    return Ok(Progress::Finished);
                 }
             }
-            if self.valve.channels[self.channels1..]
-                .iter()
-                .all(|c| c.ended)
-            {
-                self.ended[1] = true;
-            }
         }
+        let channels1 = self.channels1;
+        self.ended[0] = self.valve.channels[..channels1].iter().all(|c| c.ended);
+        self.ended[1] = self.valve.channels[channels1..].iter().all(|c| c.ended);
         Ok(Progress::Busy)
     }
 
@@ -521,6 +766,7 @@ impl<A: Data, B: Data> TaskInput for TwoInputHead<A, B> {
 
 /// Polls a source into its chain.
 pub struct SourceHead<T> {
+    info: SubtaskInfo,
     name: String,
     source: Box<dyn Source<T>>,
     chain: Box<dyn Output<T>>,
@@ -528,13 +774,37 @@ pub struct SourceHead<T> {
 }
 
 impl<T: Send + 'static> SourceHead<T> {
-    pub fn new(name: String, source: Box<dyn Source<T>>, chain: Box<dyn Output<T>>) -> Self {
-        Self {
+    /// A source reader, positioned where the restored checkpoint (if any)
+    /// left this subtask.
+    pub fn new(
+        info: SubtaskInfo,
+        name: String,
+        mut source: Box<dyn Source<T>>,
+        chain: Box<dyn Output<T>>,
+    ) -> Result<Self> {
+        if let Some(restored) = info.restored() {
+            if restored.parallelism != info.parallelism && !restored.operator.is_empty() {
+                return Err(Error::Checkpoint(format!(
+                    "source '{name}' was checkpointed with parallelism {} and cannot resume its \
+                     positions with parallelism {}",
+                    restored.parallelism, info.parallelism
+                )));
+            }
+            if let Some(position) = restored.operator.get(&info.index) {
+                source.restore(position).map_err(|e| {
+                    Error::Checkpoint(format!(
+                        "source '{name}' cannot resume from its checkpointed position: {e}"
+                    ))
+                })?;
+            }
+        }
+        Ok(Self {
+            info,
             name,
             source,
             chain,
             finished: false,
-        }
+        })
     }
 }
 
@@ -568,6 +838,23 @@ impl<T: Send + 'static> TaskInput for SourceHead<T> {
 
     fn signal(&mut self, signal: Signal) {
         self.chain.signal(signal);
+    }
+
+    fn trigger_checkpoint(&mut self, id: CheckpointId) -> Result<bool> {
+        if self.finished {
+            return Ok(false);
+        }
+        let position = self.source.snapshot()?;
+        self.info.put_snapshot(
+            id,
+            OperatorState {
+                keyed: Vec::new(),
+                operator: position,
+            },
+        );
+        self.chain.signal(Signal::Barrier(id));
+        self.info.checkpoint.snapshots.done(id);
+        Ok(true)
     }
 }
 
@@ -609,6 +896,64 @@ mod tests {
         assert_eq!((out.watermark, all), (Some(7), false));
         let (out, all) = v.end(0);
         assert_eq!((out.watermark, all), (Some(MAX_WATERMARK), true));
+    }
+
+    #[test]
+    fn barriers_align_over_open_channels() {
+        let mut a = BarrierAligner::new(3);
+        assert_eq!(a.barrier(0, 1).unwrap(), None);
+        assert!(a.is_blocked(0) && !a.is_blocked(1));
+        assert_eq!(a.barrier(2, 1).unwrap(), None);
+        assert_eq!(a.barrier(1, 1).unwrap(), Some(1));
+        assert!(!a.is_blocked(0), "alignment releases every channel");
+        // An ended channel no longer holds alignment back.
+        assert_eq!(a.barrier(1, 2).unwrap(), None);
+        assert_eq!(a.end(0), None);
+        assert_eq!(a.barrier(2, 2).unwrap(), Some(2));
+        // A newer barrier while one is pending is a protocol error.
+        assert_eq!(a.barrier(1, 3).unwrap(), None);
+        assert!(a.barrier(2, 4).is_err());
+    }
+
+    #[test]
+    fn blocked_channels_are_replayed_after_alignment() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        #[derive(Clone, Default)]
+        struct Log(Arc<Mutex<Vec<String>>>);
+        impl Output<u32> for Log {
+            fn record(&mut self, value: u32, _: Timestamp) {
+                self.0.lock().unwrap().push(value.to_string());
+            }
+            fn signal(&mut self, signal: Signal) {
+                if let Signal::Barrier(id) = signal {
+                    self.0.lock().unwrap().push(format!("barrier {id}"));
+                }
+            }
+        }
+        let log = Log::default();
+        let snapshots = SnapshotBuffer::default();
+        let mut head = OneInputHead::new(rx, 2, Box::new(log.clone()), snapshots.clone());
+        let send = |channel: u32, events: Vec<Event<u32>>| {
+            tx.send(Batch { channel, events }).unwrap();
+        };
+        send(
+            0,
+            vec![Event::Record(1, 0), Event::Barrier(7), Event::Record(2, 0)],
+        );
+        send(1, vec![Event::Record(10, 0)]);
+        send(1, vec![Event::Barrier(7), Event::Record(11, 0)]);
+        for _ in 0..3 {
+            head.poll(Duration::ZERO).unwrap();
+        }
+        assert_eq!(
+            *log.0.lock().unwrap(),
+            vec!["1", "10", "barrier 7", "2", "11"],
+            "record 2 waits for the barrier of channel 1"
+        );
+        assert!(matches!(
+            snapshots.drain().as_slice(),
+            [crate::checkpoint::Snapshotted::BarrierDone(7)]
+        ));
     }
 
     #[test]

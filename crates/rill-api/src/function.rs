@@ -232,7 +232,10 @@ impl<F: ProcessFunction<I, O>, I: Send + 'static, O: Data> Output<I> for Chained
                 }
                 Signal::ProcessingTime(now) => self.function.on_processing_time(now, &mut ctx),
                 Signal::EndOfInput => self.function.finish(&mut ctx),
-                Signal::Idle(_) | Signal::Flush => {}
+                Signal::Idle(_)
+                | Signal::Flush
+                | Signal::Barrier(_)
+                | Signal::CheckpointComplete(_) => {}
             }
         }
         Output::signal(&mut *self.out, signal);

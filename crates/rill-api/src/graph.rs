@@ -94,6 +94,7 @@ pub trait StreamType: Send + Sync {
         rx: Erased,
         channels: usize,
         chain: Erased,
+        snapshots: crate::checkpoint::SnapshotBuffer,
     ) -> Result<Box<dyn TaskInput>>;
 }
 
@@ -201,10 +202,11 @@ impl<T: Data> StreamType for TypeOf<T> {
         rx: Erased,
         channels: usize,
         chain: Erased,
+        snapshots: crate::checkpoint::SnapshotBuffer,
     ) -> Result<Box<dyn TaskInput>> {
         let rx = cast::<crate::exec::Rx<T>>(rx, "an input gate")?;
         let chain = cast::<Box<dyn Output<T>>>(chain, "a chain head")?;
-        Ok(Box::new(OneInputHead::new(rx, channels, chain)))
+        Ok(Box::new(OneInputHead::new(rx, channels, chain, snapshots)))
     }
 }
 

@@ -11,8 +11,12 @@ use std::marker::PhantomData;
 
 use rill_state::{KeyedStateStore, StateAccess};
 use rustc_hash::FxHashSet;
+use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{decode_state, encode_state, CheckpointId, OperatorState};
 use crate::element::{Data, Key, Output, Signal};
+use crate::error::Result;
+use crate::exec::SubtaskInfo;
 use crate::function::{Context, OutputTag, SideOutputs};
 use crate::time::{Timestamp, MIN_WATERMARK};
 
@@ -72,6 +76,11 @@ impl<K: Key> TimerQueue<K> {
 
     pub fn len(&self) -> usize {
         self.live.len()
+    }
+
+    /// Live timers as (time, key), in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &(Timestamp, K)> {
+        self.live.iter()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -197,7 +206,88 @@ pub struct KeyedProcessOperator<K, I, O, F, KS> {
     side: SideOutputs,
     watermark: Timestamp,
     processing_time: Timestamp,
+    checkpoint: Option<SubtaskInfo>,
     _i: PhantomData<fn(I)>,
+}
+
+/// A keyed operator's state of one key group in a checkpoint.
+#[derive(Serialize, Deserialize)]
+struct KeyGroupSnapshot<K> {
+    state: Option<Vec<u8>>,
+    event_timers: Vec<(Timestamp, K)>,
+    processing_timers: Vec<(Timestamp, K)>,
+}
+
+impl<K> Default for KeyGroupSnapshot<K> {
+    fn default() -> Self {
+        Self {
+            state: None,
+            event_timers: Vec::new(),
+            processing_timers: Vec::new(),
+        }
+    }
+}
+
+/// The key group of a key, as exchanges route it.
+pub(crate) fn key_group_of<K: Key>(key: &K, max_parallelism: usize) -> usize {
+    rill_state::key_group::key_group_for_hash(rill_state::hash_key(key), max_parallelism)
+}
+
+/// Loads the keyed state and timers of the key groups `info` owns.
+pub(crate) fn restore_keyed<K: Key>(
+    store: &mut KeyedStateStore<K>,
+    timers: &mut TimerService<K>,
+    info: &SubtaskInfo,
+) -> Result<()> {
+    for (key_group, blob) in info.restored_key_groups()? {
+        let group: KeyGroupSnapshot<K> = decode_state(&info.uid, blob)?;
+        if let Some(state) = group.state {
+            store.restore(key_group, &state)?;
+        }
+        for (time, key) in group.event_timers {
+            timers.event.register(key, time);
+        }
+        for (time, key) in group.processing_timers {
+            timers.processing.register(key, time);
+        }
+    }
+    Ok(())
+}
+
+/// Keyed state and timers by key group, for a checkpoint.
+pub(crate) fn snapshot_keyed<K: Key>(
+    store: &KeyedStateStore<K>,
+    timers: &TimerService<K>,
+    info: &SubtaskInfo,
+) -> Result<Vec<(usize, Vec<u8>)>> {
+    let max = info.max_parallelism;
+    let mut groups: BTreeMap<usize, KeyGroupSnapshot<K>> = BTreeMap::new();
+    for (key_group, blob) in store.snapshot(max)? {
+        groups.entry(key_group).or_default().state = Some(blob);
+    }
+    for (time, key) in timers.event.iter() {
+        let group = groups.entry(key_group_of(key, max)).or_default();
+        group.event_timers.push((*time, key.clone()));
+    }
+    for (time, key) in timers.processing.iter() {
+        let group = groups.entry(key_group_of(key, max)).or_default();
+        group.processing_timers.push((*time, key.clone()));
+    }
+    groups
+        .into_iter()
+        .map(|(kg, group)| Ok((kg, encode_state(&info.uid, &group)?)))
+        .collect()
+}
+
+/// Restores the watermark an operator had reached: the minimum over the
+/// states it takes over (never ahead of any input it replaces).
+pub(crate) fn restored_watermark(info: &SubtaskInfo) -> Result<Option<Timestamp>> {
+    let mut min: Option<Timestamp> = None;
+    for blob in info.restored_operator_states() {
+        let wm: Timestamp = decode_state(&info.uid, blob)?;
+        min = Some(min.map_or(wm, |m: Timestamp| m.min(wm)));
+    }
+    Ok(min)
 }
 
 impl<K, I, O, F, KS> KeyedProcessOperator<K, I, O, F, KS>
@@ -221,7 +311,36 @@ where
             side,
             watermark: MIN_WATERMARK,
             processing_time,
+            checkpoint: None,
             _i: PhantomData,
+        }
+    }
+
+    /// Takes part in checkpoints as subtask `info`, starting from its share
+    /// of the restored state (state and timers of the key groups it owns).
+    pub fn checkpointed(mut self, info: &SubtaskInfo) -> Result<Self> {
+        restore_keyed(&mut self.store, &mut self.timers, info)?;
+        if let Some(wm) = restored_watermark(info)? {
+            self.watermark = wm;
+        }
+        self.checkpoint = Some(info.clone());
+        Ok(self)
+    }
+
+    fn snapshot(&self, info: &SubtaskInfo) -> Result<OperatorState> {
+        let keyed = snapshot_keyed(&self.store, &self.timers, info)?;
+        Ok(OperatorState {
+            keyed,
+            operator: Some(encode_state(&info.uid, &self.watermark)?),
+        })
+    }
+
+    fn on_barrier(&mut self, id: CheckpointId) {
+        if let Some(info) = &self.checkpoint {
+            match self.snapshot(info) {
+                Ok(state) => info.put_snapshot(id, state),
+                Err(e) => info.checkpoint.snapshots.failed(id, e.to_string()),
+            }
         }
     }
 
@@ -284,7 +403,11 @@ where
                 self.store.advance_time(now);
                 self.fire(TimeDomain::ProcessingTime, now);
             }
-            Signal::Idle(_) | Signal::Flush | Signal::EndOfInput => {}
+            Signal::Barrier(id) => self.on_barrier(id),
+            Signal::Idle(_)
+            | Signal::Flush
+            | Signal::EndOfInput
+            | Signal::CheckpointComplete(_) => {}
         }
         self.out.signal(signal);
         self.side.signal(signal);

@@ -23,6 +23,7 @@
 
 pub mod broadcast;
 pub mod catalog;
+pub mod checkpoint;
 pub mod config;
 pub mod element;
 pub mod error;

@@ -58,6 +58,19 @@ pub trait Source<T>: Send + 'static {
     /// Emits what is available (a bounded amount, a few thousand records at
     /// most, so the task stays responsive) and says what comes next.
     fn poll(&mut self, out: &mut SourceOutput<'_, T>) -> Result<SourcePoll>;
+
+    /// The reader's position for a checkpoint: everything emitted so far is
+    /// before it. `None` means the source cannot replay (for example a
+    /// socket), so records it delivered after the last checkpoint are lost
+    /// on recovery.
+    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+
+    /// Continues from a position [`Source::snapshot`] returned.
+    fn restore(&mut self, _position: &[u8]) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Creates the reader for each source subtask.
@@ -100,6 +113,18 @@ impl<T: Clone + Send + Sync + 'static> Source<T> for CollectionReader<T> {
             self.next += self.step;
         }
         Ok(SourcePoll::Ready)
+    }
+
+    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+        Ok(Some(crate::checkpoint::encode_state(
+            "collection",
+            &self.next,
+        )?))
+    }
+
+    fn restore(&mut self, position: &[u8]) -> Result<()> {
+        self.next = crate::checkpoint::decode_state("collection", position)?;
+        Ok(())
     }
 }
 

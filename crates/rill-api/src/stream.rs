@@ -123,11 +123,19 @@ impl<T: Data, S: SourceFactory<T>> BuildSource for SourceBuild<T, S> {
             .downcast::<Box<dyn Output<T>>>()
             .map_err(|_| crate::Error::Graph("source output type".into()))?;
         let chain: Box<dyn Output<T>> = match &self.strategy {
-            Some(strategy) => Box::new(TimestampsAndWatermarks::new(strategy.clone(), *chain)),
+            Some(strategy) => Box::new(
+                TimestampsAndWatermarks::new(strategy.clone(), *chain)
+                    .checkpointed(info.with_uid(format!("{}#watermarks", info.uid)))?,
+            ),
             None => *chain,
         };
         let source = self.factory.create(info.index, info.parallelism)?;
-        Ok(Box::new(SourceHead::new(self.name.clone(), source, chain)))
+        Ok(Box::new(SourceHead::new(
+            info.clone(),
+            self.name.clone(),
+            source,
+            chain,
+        )?))
     }
 }
 
@@ -303,11 +311,10 @@ impl<T: Data> DataStream<T> {
         strategy: WatermarkStrategy<T>,
     ) -> DataStream<T> {
         let parallelism = self.parallelism_hint();
-        let stream = self.transform("Timestamps/Watermarks", move |_, out, _| {
-            Ok(Box::new(TimestampsAndWatermarks::new(
-                strategy.clone(),
-                out,
-            )))
+        let stream = self.transform("Timestamps/Watermarks", move |info, out, _| {
+            Ok(Box::new(
+                TimestampsAndWatermarks::new(strategy.clone(), out).checkpointed(info.clone())?,
+            ))
         });
         match parallelism {
             Some(p) => stream.set_parallelism(p),
@@ -412,7 +419,7 @@ impl<T: Data> DataStream<T> {
         let sink = Arc::new(sink);
         self.transform::<T>(name, move |info, _out, _| {
             let writer = sink.writer(info.index, info.parallelism)?;
-            Ok(Box::new(SinkOperator::new(writer, info.failure.clone())))
+            Ok(Box::new(SinkOperator::new(writer, info)?))
         })
     }
 
@@ -422,10 +429,7 @@ impl<T: Data> DataStream<T> {
         F: FnMut(T, crate::Timestamp) + Clone + Send + Sync + 'static,
     {
         self.transform::<T>("ForEach", move |info, _out, _| {
-            Ok(Box::new(SinkOperator::new(
-                Box::new(f.clone()),
-                info.failure.clone(),
-            )))
+            Ok(Box::new(SinkOperator::new(Box::new(f.clone()), info)?))
         })
     }
 
@@ -479,15 +483,14 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
         F: KeyedProcessFunction<K, T, O> + Clone + Sync,
     {
         let key_of = self.key_of.clone();
-        self.stream.transform("KeyedProcess", move |_, out, side| {
-            let key_of = key_of.clone();
-            Ok(Box::new(KeyedProcessOperator::new(
-                function.clone(),
-                move |v: &T| key_of(v),
-                out,
-                side,
-            )))
-        })
+        self.stream
+            .transform("KeyedProcess", move |info, out, side| {
+                let key_of = key_of.clone();
+                Ok(Box::new(
+                    KeyedProcessOperator::new(function.clone(), move |v: &T| key_of(v), out, side)
+                        .checkpointed(info)?,
+                ))
+            })
     }
 
     /// Rolling reduce: emits the reduced value per key after every record.
@@ -592,18 +595,21 @@ where
             self.allowed_lateness,
             self.late,
         );
-        self.keyed.stream.transform(name, move |_, out, side| {
+        self.keyed.stream.transform(name, move |info, out, side| {
             let key_of = key_of.clone();
-            Ok(Box::new(WindowOperator::new(
-                assigner.clone(),
-                trigger.clone(),
-                function.clone(),
-                move |v: &T| key_of(v),
-                lateness,
-                late.clone(),
-                out,
-                side,
-            )))
+            Ok(Box::new(
+                WindowOperator::new(
+                    assigner.clone(),
+                    trigger.clone(),
+                    function.clone(),
+                    move |v: &T| key_of(v),
+                    lateness,
+                    late.clone(),
+                    out,
+                    side,
+                )
+                .checkpointed(info)?,
+            ))
         })
     }
 

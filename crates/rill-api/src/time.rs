@@ -16,7 +16,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::checkpoint::{decode_state, encode_state};
 use crate::element::{Output, Signal};
+use crate::exec::SubtaskInfo;
 
 /// Milliseconds since the epoch (event or processing time).
 pub type Timestamp = i64;
@@ -135,6 +137,16 @@ pub struct TimestampsAndWatermarks<T> {
     idle: bool,
     seen_since_tick: bool,
     since_emit: u32,
+    checkpoint: Option<SubtaskInfo>,
+}
+
+/// What a watermark generator keeps in a checkpoint, so watermarks after a
+/// restore are exactly those of a run without failure.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct GeneratorSnapshot {
+    max_seen: Timestamp,
+    emitted: Timestamp,
+    since_emit: u32,
 }
 
 impl<T: Send> TimestampsAndWatermarks<T> {
@@ -149,6 +161,44 @@ impl<T: Send> TimestampsAndWatermarks<T> {
             idle: false,
             seen_since_tick: false,
             since_emit: 0,
+            checkpoint: None,
+        }
+    }
+
+    /// Takes part in checkpoints as `info` (whose uid names this generator),
+    /// resuming from its restored progress.
+    pub fn checkpointed(mut self, info: SubtaskInfo) -> crate::Result<Self> {
+        let states = info.restored_operator_states();
+        // Several merged generators resume from the least advanced one.
+        for blob in states {
+            let g: GeneratorSnapshot = decode_state(&info.uid, blob)?;
+            if self.max_seen == MIN_WATERMARK || g.max_seen < self.max_seen {
+                self.max_seen = g.max_seen;
+                self.emitted = g.emitted;
+                self.since_emit = g.since_emit;
+            }
+        }
+        self.checkpoint = Some(info);
+        Ok(self)
+    }
+
+    fn on_barrier(&mut self, id: crate::checkpoint::CheckpointId) {
+        if let Some(info) = &self.checkpoint {
+            let snapshot = GeneratorSnapshot {
+                max_seen: self.max_seen,
+                emitted: self.emitted,
+                since_emit: self.since_emit,
+            };
+            match encode_state(&info.uid, &snapshot) {
+                Ok(blob) => info.put_snapshot(
+                    id,
+                    crate::checkpoint::OperatorState {
+                        keyed: Vec::new(),
+                        operator: Some(blob),
+                    },
+                ),
+                Err(e) => info.checkpoint.snapshots.failed(id, e.to_string()),
+            }
         }
     }
 
@@ -228,7 +278,11 @@ impl<T: Send> Output<T> for TimestampsAndWatermarks<T> {
                 }
                 self.out.signal(signal);
             }
-            Signal::Flush => self.out.signal(signal),
+            Signal::Barrier(id) => {
+                self.on_barrier(id);
+                self.out.signal(signal);
+            }
+            Signal::Flush | Signal::CheckpointComplete(_) => self.out.signal(signal),
         }
     }
 }

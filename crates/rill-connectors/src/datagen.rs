@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use rill_api::checkpoint::{decode_state, encode_state};
 use rill_api::{Result, Source, SourceFactory, SourceOutput, SourcePoll};
 
 use crate::Pacer;
@@ -61,6 +62,22 @@ impl<T: Send + 'static> Source<T> for Reader<T> {
         }
         self.next = stop;
         Ok(SourcePoll::Ready)
+    }
+
+    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+        Ok(Some(encode_state("datagen", &self.next)?))
+    }
+
+    fn restore(&mut self, position: &[u8]) -> Result<()> {
+        let next: u64 = decode_state("datagen", position)?;
+        if next > self.end {
+            return Err(rill_api::Error::Checkpoint(format!(
+                "datagen position {next} lies beyond this subtask's end {}",
+                self.end
+            )));
+        }
+        self.next = next;
+        Ok(())
     }
 }
 

@@ -1,11 +1,13 @@
-//! Text files: a line source (read by one subtask, in file order) and a line
-//! sink (one file per subtask).
+//! Text files: a line source (read by one subtask, in file order, resumable
+//! from a byte offset) and a line sink (one file per subtask) that commits
+//! in two phases when the job takes checkpoints.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rill_api::checkpoint::{decode_state, encode_state, CheckpointId};
 use rill_api::{
     Error, Result, Sink, SinkWriter, Source, SourceFactory, SourceOutput, SourcePoll, Timestamp,
 };
@@ -56,6 +58,8 @@ struct LineReader<T> {
     path: PathBuf,
     reader: Option<BufReader<File>>,
     line_no: u64,
+    /// Byte offset of the next line.
+    offset: u64,
     buf: String,
     parse: Parser<T>,
     pacer: Option<Pacer>,
@@ -83,6 +87,7 @@ impl<T: Send + 'static> Source<T> for LineReader<T> {
                 return Ok(SourcePoll::Finished);
             }
             self.line_no += 1;
+            self.offset += n as u64;
             let line = self.buf.trim_end_matches(['\n', '\r']);
             match (self.parse)(line, self.line_no) {
                 Ok(Some(v)) => out.collect(v),
@@ -100,6 +105,35 @@ impl<T: Send + 'static> Source<T> for LineReader<T> {
         }
         Ok(SourcePoll::Ready)
     }
+
+    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+        let position = (self.offset, self.line_no);
+        Ok(Some(encode_state("file source", &position)?))
+    }
+
+    fn restore(&mut self, position: &[u8]) -> Result<()> {
+        let (offset, line_no): (u64, u64) = decode_state("file source", position)?;
+        if let Some(reader) = self.reader.as_mut() {
+            let len = reader
+                .get_ref()
+                .metadata()
+                .map_err(|e| Error::io(format!("reading {}", self.path.display()), e))?
+                .len();
+            if offset > len {
+                return Err(Error::Checkpoint(format!(
+                    "{} is {len} bytes long but the checkpoint read up to byte {offset}; \
+                     was the file replaced?",
+                    self.path.display()
+                )));
+            }
+            reader
+                .seek(SeekFrom::Start(offset))
+                .map_err(|e| Error::io(format!("seeking in {}", self.path.display()), e))?;
+        }
+        self.offset = offset;
+        self.line_no = line_no;
+        Ok(())
+    }
 }
 
 impl<T: Send + 'static> SourceFactory<T> for TextFileSource<T> {
@@ -115,6 +149,7 @@ impl<T: Send + 'static> SourceFactory<T> for TextFileSource<T> {
             path: self.path.clone(),
             reader,
             line_no: 0,
+            offset: 0,
             buf: String::new(),
             parse: self.parse.clone(),
             pacer: self.rate.map(Pacer::new),
@@ -141,10 +176,54 @@ impl<T> TextFileSink<T> {
     }
 }
 
+/// One subtask's writer. Without checkpoints it writes straight into its
+/// file. With checkpoints it writes into a hidden part file per checkpoint
+/// interval, `.<file>.part-…` next to the file: a barrier seals the part
+/// (pre-commit, fsync), and when that checkpoint completes the part is
+/// appended to the file and deleted. The file therefore only ever holds
+/// output of completed checkpoints.
 struct LineWriter<T> {
     path: PathBuf,
-    out: BufWriter<File>,
     format: Arc<dyn Fn(&T) -> String + Send + Sync>,
+    mode: Mode,
+}
+
+enum Mode {
+    /// Not opened yet.
+    Unopened,
+    Direct(BufWriter<File>),
+    Transactional(Transactions),
+}
+
+/// A sealed part file waiting for its checkpoint to complete.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Pending {
+    checkpoint: CheckpointId,
+    part: PathBuf,
+    size: u64,
+}
+
+/// What a checkpoint records about one sink file.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct FileTransactions {
+    path: PathBuf,
+    /// Length of the file with everything committed before the snapshot.
+    committed_len: u64,
+    /// Parts sealed at or before the checkpoint, oldest first.
+    pending: Vec<Pending>,
+}
+
+struct Transactions {
+    committed_len: u64,
+    pending: Vec<Pending>,
+    /// The open part (path, writer, bytes written).
+    current: Option<(PathBuf, BufWriter<File>, u64)>,
+    parts_made: u64,
+}
+
+fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let context = format!("{what} {}", path.display());
+    move |e| Error::io(context, e)
 }
 
 fn subtask_path(path: &Path, subtask: usize, parallelism: usize) -> PathBuf {
@@ -157,19 +236,149 @@ fn subtask_path(path: &Path, subtask: usize, parallelism: usize) -> PathBuf {
     }
 }
 
+fn part_prefix(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(".{name}.part-")
+}
+
+/// Appends a sealed part to the file and makes it durable.
+fn append_part(path: &Path, part: &Pending) -> Result<()> {
+    let mut from = File::open(&part.part).map_err(io_err(
+        "a pending part file is missing; cannot commit",
+        &part.part,
+    ))?;
+    let mut to = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(io_err("opening", path))?;
+    let copied = std::io::copy(&mut from, &mut to).map_err(io_err("committing into", path))?;
+    if copied != part.size {
+        return Err(Error::Checkpoint(format!(
+            "part file {} holds {copied} bytes, {} were sealed",
+            part.part.display(),
+            part.size
+        )));
+    }
+    to.sync_all().map_err(io_err("syncing", path))
+}
+
+fn truncate(path: &Path, len: u64) -> Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_err("opening", path))?;
+    f.set_len(len).map_err(io_err("truncating", path))?;
+    f.sync_all().map_err(io_err("syncing", path))
+}
+
+/// Brings a file back to the state a checkpoint describes: everything
+/// committed before it, plus the parts it had sealed (appended once, even if
+/// a commit was interrupted), and nothing written after it.
+fn recover(state: &FileTransactions) -> Result<u64> {
+    let mut actual = std::fs::metadata(&state.path).map(|m| m.len()).unwrap_or(0);
+    if actual < state.committed_len {
+        return Err(Error::Checkpoint(format!(
+            "{} is {actual} bytes long, shorter than the {} bytes the checkpoint committed",
+            state.path.display(),
+            state.committed_len
+        )));
+    }
+    let mut end = state.committed_len;
+    for part in &state.pending {
+        if actual < end + part.size {
+            // Not (fully) appended before the failure: append it now.
+            truncate(&state.path, end)?;
+            append_part(&state.path, part)?;
+            actual = end + part.size;
+        }
+        end += part.size;
+        let _ = std::fs::remove_file(&part.part);
+    }
+    truncate(&state.path, end)?;
+    Ok(end)
+}
+
+/// Deletes part files of `path` that no checkpoint refers to (output of an
+/// attempt that failed before its checkpoint).
+fn remove_stale_parts(path: &Path) -> Result<()> {
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    let prefix = part_prefix(path);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(_) => return Ok(()),
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            std::fs::remove_file(entry.path()).map_err(io_err("removing", &entry.path()))?;
+        }
+    }
+    Ok(())
+}
+
+impl<T> LineWriter<T> {
+    fn transactions(&mut self) -> Option<&mut Transactions> {
+        match &mut self.mode {
+            Mode::Transactional(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Seals the open part under `checkpoint`.
+    fn seal(&mut self, checkpoint: CheckpointId) -> Result<()> {
+        let Some(t) = self.transactions() else {
+            return Ok(());
+        };
+        if let Some((part, mut out, size)) = t.current.take() {
+            out.flush().map_err(io_err("writing", &part))?;
+            out.get_ref().sync_all().map_err(io_err("syncing", &part))?;
+            t.pending.push(Pending {
+                checkpoint,
+                part,
+                size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Publishes every sealed part up to `checkpoint`.
+    fn publish(&mut self, checkpoint: CheckpointId) -> Result<()> {
+        let path = self.path.clone();
+        let Some(t) = self.transactions() else {
+            return Ok(());
+        };
+        while t
+            .pending
+            .first()
+            .is_some_and(|p| p.checkpoint <= checkpoint)
+        {
+            let part = t.pending.remove(0);
+            append_part(&path, &part)?;
+            t.committed_len += part.size;
+            std::fs::remove_file(&part.part).map_err(io_err("removing", &part.part))?;
+        }
+        Ok(())
+    }
+}
+
 impl<T: Send + 'static> Sink<T> for TextFileSink<T> {
     fn writer(&self, subtask: usize, parallelism: usize) -> Result<Box<dyn SinkWriter<T>>> {
         let path = subtask_path(&self.path, subtask, parallelism);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         }
-        let f = File::create(&path)
-            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         Ok(Box::new(LineWriter {
             path,
-            out: BufWriter::with_capacity(1 << 16, f),
             format: self.format.clone(),
+            mode: Mode::Unopened,
         }))
     }
 }
@@ -177,24 +386,125 @@ impl<T: Send + 'static> Sink<T> for TextFileSink<T> {
 impl<T: Send> SinkWriter<T> for LineWriter<T> {
     fn write(&mut self, value: T, _: Timestamp) -> Result<()> {
         let line = (self.format)(&value);
-        self.out
-            .write_all(line.as_bytes())
-            .and_then(|_| self.out.write_all(b"\n"))
-            .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))
+        let out = match &mut self.mode {
+            Mode::Direct(out) => out,
+            Mode::Transactional(t) => {
+                if t.current.is_none() {
+                    t.parts_made += 1;
+                    let dir = self.path.parent().unwrap_or(Path::new(""));
+                    let name = format!(
+                        "{}{}-{}-{}",
+                        part_prefix(&self.path),
+                        std::process::id(),
+                        rill_api::time::now_ms(),
+                        t.parts_made
+                    );
+                    let part = dir.join(name);
+                    let f = File::create(&part).map_err(io_err("creating", &part))?;
+                    t.current = Some((part, BufWriter::with_capacity(1 << 16, f), 0));
+                }
+                let Some((part, out, size)) = t.current.as_mut() else {
+                    unreachable!("a part was opened above")
+                };
+                *size += line.len() as u64 + 1;
+                return out
+                    .write_all(line.as_bytes())
+                    .and_then(|_| out.write_all(b"\n"))
+                    .map_err(io_err("writing", part));
+            }
+            Mode::Unopened => {
+                let f = File::create(&self.path).map_err(io_err("creating", &self.path))?;
+                self.mode = Mode::Direct(BufWriter::with_capacity(1 << 16, f));
+                let Mode::Direct(out) = &mut self.mode else {
+                    unreachable!("set just above")
+                };
+                out
+            }
+        };
+        out.write_all(line.as_bytes())
+            .and_then(|_| out.write_all(b"\n"))
+            .map_err(io_err("writing", &self.path))
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.out
-            .flush()
-            .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))
+        match &mut self.mode {
+            Mode::Direct(out) => out.flush().map_err(io_err("writing", &self.path)),
+            Mode::Transactional(t) => match t.current.as_mut() {
+                Some((part, out, _)) => out.flush().map_err(io_err("writing", part)),
+                None => Ok(()),
+            },
+            Mode::Unopened => Ok(()),
+        }
     }
 
     fn finish(&mut self) -> Result<()> {
-        self.flush()?;
-        self.out
-            .get_ref()
-            .sync_all()
-            .map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))
+        match &mut self.mode {
+            Mode::Unopened => {
+                File::create(&self.path).map_err(io_err("creating", &self.path))?;
+                Ok(())
+            }
+            Mode::Direct(out) => {
+                out.flush().map_err(io_err("writing", &self.path))?;
+                out.get_ref()
+                    .sync_all()
+                    .map_err(io_err("syncing", &self.path))
+            }
+            Mode::Transactional(_) => {
+                // The input is complete: everything written is final.
+                self.seal(CheckpointId::MAX)?;
+                self.publish(CheckpointId::MAX)
+            }
+        }
+    }
+
+    fn begin_transactions(&mut self, restored: Vec<&[u8]>) -> Result<()> {
+        let mut own_len = None;
+        for blob in restored {
+            let state: FileTransactions = decode_state("file sink", blob)?;
+            let len = recover(&state)?;
+            remove_stale_parts(&state.path)?;
+            if state.path == self.path {
+                own_len = Some(len);
+            }
+        }
+        let committed_len = match own_len {
+            Some(len) => len,
+            None => {
+                remove_stale_parts(&self.path)?;
+                truncate(&self.path, 0)?;
+                0
+            }
+        };
+        self.mode = Mode::Transactional(Transactions {
+            committed_len,
+            pending: Vec::new(),
+            current: None,
+            parts_made: 0,
+        });
+        Ok(())
+    }
+
+    fn prepare_commit(&mut self, id: CheckpointId) -> Result<Option<Vec<u8>>> {
+        self.seal(id)?;
+        let path = self.path.clone();
+        match self.transactions() {
+            Some(t) => {
+                let state = FileTransactions {
+                    path,
+                    committed_len: t.committed_len,
+                    pending: t.pending.clone(),
+                };
+                Ok(Some(encode_state("file sink", &state)?))
+            }
+            None => {
+                self.flush()?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn commit(&mut self, id: CheckpointId) -> Result<()> {
+        self.publish(id)
     }
 }
 

@@ -7,11 +7,15 @@
 //!   connected by bounded channels (the embedded mini cluster behind
 //!   `rill run`).
 
+pub mod coordinator;
 pub mod local;
 pub mod plan;
+pub mod restart;
 
-pub use local::{JobReport, LocalExecutor};
+pub use coordinator::CheckpointSettings;
+pub use local::{load_restore_point, JobControl, JobOptions, JobReport, LocalExecutor};
 pub use plan::Plan;
+pub use restart::RestartStrategy;
 
 /// Why a job did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +29,9 @@ pub enum RuntimeError {
     /// The job was cancelled.
     #[error("job cancelled")]
     Cancelled,
+    /// Checkpoint storage failed.
+    #[error(transparent)]
+    Storage(#[from] rill_checkpoint::CheckpointError),
     /// A thread could not be started.
     #[error("cannot start task thread: {0}")]
     Spawn(#[source] std::io::Error),

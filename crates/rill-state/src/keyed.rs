@@ -20,8 +20,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
+use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{AggregateFunction, StateError};
+use crate::key_group::{hash_key, key_group_for_hash};
+use crate::{codec, AggregateFunction, StateError};
+
+/// What a state value must be: owned, sendable and serialisable (snapshots).
+pub trait StateValue: Send + Serialize + DeserializeOwned + 'static {}
+impl<T: Send + Serialize + DeserializeOwned + 'static> StateValue for T {}
 
 /// When a TTL'd value's clock is refreshed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +71,12 @@ struct Table<K, S> {
 }
 
 trait ErasedTable<K>: Send {
+    /// Live entries grouped by key group, each group encoded.
+    fn snapshot(
+        &self,
+        now: i64,
+        max_parallelism: usize,
+    ) -> Result<Vec<(usize, Vec<u8>)>, StateError>;
     fn as_any_mut(&mut self) -> &mut dyn Any;
     fn type_name(&self) -> &'static str;
     fn purge_expired(&mut self, now: i64);
@@ -72,7 +84,37 @@ trait ErasedTable<K>: Send {
     fn len(&self) -> usize;
 }
 
-impl<K: Hash + Eq + Send + 'static, S: Send + 'static> ErasedTable<K> for Table<K, S> {
+impl<K: StateKey, S: StateValue> Table<K, S> {
+    fn restore(&mut self, encoded: &[u8]) -> Result<(), StateError> {
+        let entries: Vec<(K, S, i64)> = codec::decode(encoded)?;
+        for (k, value, touched) in entries {
+            self.map.insert(k, Stamped { value, touched });
+        }
+        Ok(())
+    }
+}
+
+impl<K: StateKey, S: StateValue> ErasedTable<K> for Table<K, S> {
+    fn snapshot(
+        &self,
+        now: i64,
+        max_parallelism: usize,
+    ) -> Result<Vec<(usize, Vec<u8>)>, StateError> {
+        let mut groups: std::collections::BTreeMap<usize, Vec<(&K, &S, i64)>> = Default::default();
+        for (k, e) in &self.map {
+            if let Some(ttl) = self.ttl {
+                if now.saturating_sub(e.touched) >= ttl.ttl_ms {
+                    continue; // expired values are not carried into snapshots
+                }
+            }
+            let kg = key_group_for_hash(hash_key(k), max_parallelism);
+            groups.entry(kg).or_default().push((k, &e.value, e.touched));
+        }
+        groups
+            .into_iter()
+            .map(|(kg, entries)| Ok((kg, codec::encode(&entries)?)))
+            .collect()
+    }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
@@ -97,23 +139,26 @@ impl<K: Hash + Eq + Send + 'static, S: Send + 'static> ErasedTable<K> for Table<
 pub struct KeyedStateStore<K> {
     tables: Vec<Box<dyn ErasedTable<K>>>,
     by_name: HashMap<String, usize>,
+    /// Restored tables no handle has asked for yet: name → (key group, entries).
+    pending: HashMap<String, Vec<(usize, Vec<u8>)>>,
     current_key: Option<K>,
     now: i64,
     last_sweep: i64,
     failure: Option<StateError>,
 }
 
-impl<K: Hash + Eq + Clone + Send + 'static> Default for KeyedStateStore<K> {
+impl<K: StateKey> Default for KeyedStateStore<K> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<K: Hash + Eq + Clone + Send + 'static> KeyedStateStore<K> {
+impl<K: StateKey> KeyedStateStore<K> {
     pub fn new() -> Self {
         Self {
             tables: Vec::new(),
             by_name: HashMap::new(),
+            pending: HashMap::new(),
             current_key: None,
             now: 0,
             last_sweep: 0,
@@ -153,7 +198,48 @@ impl<K: Hash + Eq + Clone + Send + 'static> KeyedStateStore<K> {
         self.failure.take()
     }
 
-    fn table<S: Send + 'static>(
+    /// The store's state, one encoded blob per key group (for redistribution).
+    pub fn snapshot(&self, max_parallelism: usize) -> Result<Vec<(usize, Vec<u8>)>, StateError> {
+        let mut groups: std::collections::BTreeMap<usize, Vec<(&str, Vec<u8>)>> =
+            Default::default();
+        for (name, &i) in &self.by_name {
+            for (kg, bytes) in self.tables[i].snapshot(self.now, max_parallelism)? {
+                groups.entry(kg).or_default().push((name, bytes));
+            }
+        }
+        for (name, parts) in &self.pending {
+            for (kg, bytes) in parts {
+                groups.entry(*kg).or_default().push((name, bytes.clone()));
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(kg, tables)| Ok((kg, codec::encode(&tables)?)))
+            .collect()
+    }
+
+    /// Adds a key group's blob from a snapshot. Tables are decoded when a
+    /// handle first asks for them (only the handle knows the value type).
+    pub fn restore(&mut self, key_group: usize, blob: &[u8]) -> Result<(), StateError> {
+        let tables: Vec<(String, Vec<u8>)> = codec::decode(blob)?;
+        for (name, bytes) in tables {
+            match self.by_name.get(&name) {
+                Some(_) => {
+                    return Err(StateError::Corrupt(format!(
+                        "state '{name}' restored after it was first used"
+                    )))
+                }
+                None => self
+                    .pending
+                    .entry(name)
+                    .or_default()
+                    .push((key_group, bytes)),
+            }
+        }
+        Ok(())
+    }
+
+    fn table<S: StateValue>(
         &mut self,
         name: &str,
         slot: &AtomicUsize,
@@ -165,10 +251,18 @@ impl<K: Hash + Eq + Clone + Send + 'static> KeyedStateStore<K> {
                 let i = match self.by_name.get(name) {
                     Some(&i) => i,
                     None => {
-                        self.tables.push(Box::new(Table::<K, S> {
+                        let mut table = Table::<K, S> {
                             map: FxHashMap::default(),
                             ttl,
-                        }));
+                        };
+                        for (_, bytes) in self.pending.remove(name).unwrap_or_default() {
+                            if let Err(e) = table.restore(&bytes) {
+                                self.failure.get_or_insert(StateError::Corrupt(format!(
+                                    "state '{name}': {e}"
+                                )));
+                            }
+                        }
+                        self.tables.push(Box::new(table));
                         self.by_name.insert(name.to_string(), self.tables.len() - 1);
                         self.tables.len() - 1
                     }
@@ -193,7 +287,7 @@ impl<K: Hash + Eq + Clone + Send + 'static> KeyedStateStore<K> {
     }
 
     /// Runs `f` on the current key's entry of a table, if it is live.
-    fn read<S: Send + 'static, R>(
+    fn read<S: StateValue, R>(
         &mut self,
         handle: &Handle,
         f: impl FnOnce(&mut S) -> R,
@@ -220,7 +314,7 @@ impl<K: Hash + Eq + Clone + Send + 'static> KeyedStateStore<K> {
 
     /// Runs `f` on the current key's entry, creating it with `init` when absent
     /// or expired, and refreshes its TTL clock.
-    fn write<S: Send + 'static, R>(
+    fn write<S: StateValue, R>(
         &mut self,
         handle: &Handle,
         init: impl FnOnce() -> S,
@@ -294,8 +388,8 @@ impl<K> StateAccess<K> for KeyedStateStore<K> {
 }
 
 /// Bounds every key type satisfies.
-pub trait StateKey: Hash + Eq + Clone + Send + 'static {}
-impl<T: Hash + Eq + Clone + Send + 'static> StateKey for T {}
+pub trait StateKey: Hash + Eq + Clone + Send + Serialize + DeserializeOwned + 'static {}
+impl<T: Hash + Eq + Clone + Send + Serialize + DeserializeOwned + 'static> StateKey for T {}
 
 macro_rules! handle_basics {
     () => {
@@ -323,7 +417,7 @@ pub struct ValueState<V> {
     _v: PhantomData<fn() -> V>,
 }
 
-impl<V: Clone + Send + 'static> ValueState<V> {
+impl<V: Clone + StateValue> ValueState<V> {
     pub fn new(name: &'static str) -> Self {
         Self {
             handle: Handle::new(name),
@@ -357,7 +451,7 @@ pub struct ListState<V> {
     _v: PhantomData<fn() -> V>,
 }
 
-impl<V: Clone + Send + 'static> ListState<V> {
+impl<V: Clone + StateValue> ListState<V> {
     pub fn new(name: &'static str) -> Self {
         Self {
             handle: Handle::new(name),
@@ -393,7 +487,7 @@ pub struct MapState<MK, MV> {
     _v: PhantomData<fn() -> (MK, MV)>,
 }
 
-impl<MK: Hash + Eq + Clone + Send + 'static, MV: Clone + Send + 'static> MapState<MK, MV> {
+impl<MK: StateKey, MV: Clone + StateValue> MapState<MK, MV> {
     pub fn new(name: &'static str) -> Self {
         Self {
             handle: Handle::new(name),
@@ -447,7 +541,7 @@ pub struct ReducingState<V, F> {
     _v: PhantomData<fn() -> V>,
 }
 
-impl<V: Clone + Send + 'static, F: Fn(&V, &V) -> V> ReducingState<V, F> {
+impl<V: Clone + StateValue, F: Fn(&V, &V) -> V> ReducingState<V, F> {
     pub fn new(name: &'static str, reduce: F) -> Self {
         Self {
             handle: Handle::new(name),
@@ -639,6 +733,52 @@ mod tests {
             store.advance_time(t);
             assert_eq!(v.get(&mut store), Some(1));
         }
+    }
+
+    #[test]
+    fn snapshot_by_key_group_restores_into_any_split() {
+        let mut store = KeyedStateStore::<u32>::new();
+        let count = ValueState::<u64>::new("count");
+        let names = MapState::<String, u8>::new("names");
+        for k in 0..200u32 {
+            store.set_current_key(k);
+            count.set(&mut store, k as u64 * 3);
+            names.put(&mut store, format!("n{k}"), (k % 7) as u8);
+        }
+        let groups = store.snapshot(16).unwrap();
+        assert!(groups.len() > 1 && groups.iter().all(|(kg, _)| *kg < 16));
+        // Split the key groups over two new stores, as a rescale to 2 would.
+        let mut halves = [KeyedStateStore::<u32>::new(), KeyedStateStore::<u32>::new()];
+        for (kg, blob) in &groups {
+            halves[kg * 2 / 16].restore(*kg, blob).unwrap();
+        }
+        for k in 0..200u32 {
+            let kg = crate::key_group::key_group_for_hash(hash_key(&k), 16);
+            let store = &mut halves[kg * 2 / 16];
+            store.set_current_key(k);
+            assert_eq!(count.clone().get(store), Some(k as u64 * 3));
+            assert_eq!(
+                names.clone().get(store, &format!("n{k}")),
+                Some((k % 7) as u8)
+            );
+        }
+        // Restored state that nobody read yet is carried into the next snapshot.
+        let mut untouched = KeyedStateStore::<u32>::new();
+        for (kg, blob) in &groups {
+            untouched.restore(*kg, blob).unwrap();
+        }
+        assert_eq!(untouched.snapshot(16).unwrap().len(), groups.len());
+    }
+
+    #[test]
+    fn corrupt_state_is_reported_not_panicked() {
+        let mut store = KeyedStateStore::<u32>::new();
+        assert!(store.restore(0, b"garbage").is_err());
+        let blob = crate::codec::encode(&vec![("v".to_string(), vec![1u8, 2, 3])]).unwrap();
+        store.restore(0, &blob).unwrap();
+        store.set_current_key(1);
+        assert_eq!(ValueState::<u64>::new("v").get(&mut store), None);
+        assert!(matches!(store.take_failure(), Some(StateError::Corrupt(_))));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //!   key currently being processed through a [`KeyedStateStore`].
 
 pub mod aggregate;
+pub mod codec;
 pub mod key_group;
 pub mod keyed;
 
@@ -20,7 +21,7 @@ pub use aggregate::AggregateFunction;
 pub use key_group::{hash_key, KeyGroupRange};
 pub use keyed::{
     AggregatingState, KeyedStateStore, ListState, MapState, ReducingState, StateAccess, StateKey,
-    StateTtl, ValueState,
+    StateTtl, StateValue, ValueState,
 };
 
 /// Errors raised by the state layer.
@@ -36,4 +37,10 @@ pub enum StateError {
     /// `maxParallelism` / parallelism combination that cannot be served.
     #[error("invalid key-group configuration: {0}")]
     InvalidKeyGroups(String),
+    /// State could not be serialised.
+    #[error("cannot encode state: {0}")]
+    Encode(String),
+    /// Stored state does not decode (damaged or written by another type).
+    #[error("corrupt state: {0}")]
+    Corrupt(String),
 }

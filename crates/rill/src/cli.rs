@@ -1,8 +1,12 @@
 //! The `rill` command line, shared by every binary built with [`crate::main`].
 //!
-//! Options that belong to Rill (`-D key=value`, `--parallelism`, `-p`) are
+//! Options that belong to Rill (`-D key=value`, `--parallelism`, `-p`, and
+//! the checkpoint options `--checkpoint-dir`, `--checkpoint-interval`,
+//! `--restore`, `--allow-non-restored-state`, `--savepoint-on-exit`) are
 //! accepted before and after the job entry; everything else after the entry
-//! is the job's own arguments.
+//! is the job's own arguments. The checkpoint options are shorthands for
+//! Flink's keys (`state.checkpoints.dir`, `execution.checkpointing.interval`,
+//! `execution.savepoint.path`, `execution.savepoint.ignore-unclaimed-state`).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -73,7 +77,17 @@ struct Split {
     job: Vec<String>,
     dynamic: Vec<String>,
     parallelism: Option<String>,
+    savepoint_on_exit: bool,
 }
+
+/// Rill options with a value that stand for a configuration key.
+const SHORTHANDS: &[(&str, &str)] = &[
+    ("--checkpoint-dir", "state.checkpoints.dir"),
+    ("--checkpoint-interval", "execution.checkpointing.interval"),
+    ("--restore", "execution.savepoint.path"),
+    ("--savepoint-dir", "state.savepoints.dir"),
+    ("--job-id", "$internal.pipeline.job-id"),
+];
 
 fn split_args(args: Vec<String>) -> Split {
     let mut split = Split::default();
@@ -82,8 +96,24 @@ fn split_args(args: Vec<String>) -> Split {
         match a.as_str() {
             "-D" => split.dynamic.extend(it.next()),
             "--parallelism" | "-p" => split.parallelism = it.next(),
+            "--savepoint-on-exit" => split.savepoint_on_exit = true,
+            "--allow-non-restored-state" => split
+                .dynamic
+                .push("execution.savepoint.ignore-unclaimed-state=true".into()),
             _ => {
-                if let Some(kv) = a.strip_prefix("-D").filter(|kv| !kv.is_empty()) {
+                let shorthand = SHORTHANDS.iter().find_map(|(flag, key)| {
+                    if a == *flag {
+                        Some((key, None))
+                    } else {
+                        a.strip_prefix(flag)
+                            .and_then(|r| r.strip_prefix('='))
+                            .map(|v| (key, Some(v.to_string())))
+                    }
+                });
+                if let Some((key, value)) = shorthand {
+                    let value = value.or_else(|| it.next()).unwrap_or_default();
+                    split.dynamic.push(format!("{key}={value}"));
+                } else if let Some(kv) = a.strip_prefix("-D").filter(|kv| !kv.is_empty()) {
                     split.dynamic.push(kv.to_string());
                 } else if let Some(p) = a.strip_prefix("--parallelism=") {
                     split.parallelism = Some(p.to_string());
@@ -174,14 +204,33 @@ fn execute(cli: &Cli, catalog: &Catalog) -> Result<(), String> {
                 print!("{}", graph.describe());
                 return Ok(());
             }
-            let report = crate::run_local(entry, &job_args, config).map_err(|e| e.to_string())?;
+            let executor = crate::executor_for(&config).map_err(|e| e.to_string())?;
+            let control = executor.control();
+            let on_signal = move || {
+                if split.savepoint_on_exit {
+                    eprintln!("stopping with a savepoint");
+                    control.stop_with_savepoint();
+                } else {
+                    control.cancel();
+                }
+            };
+            if let Err(e) = ctrlc::set_handler(on_signal) {
+                tracing::warn!(error = %e, "cannot handle SIGINT/SIGTERM");
+            }
+            let report = crate::run_local_with(&executor, entry, &job_args, config)
+                .map_err(|e| e.to_string())?;
             tracing::info!(job = %report.job, seconds = report.duration.as_secs_f64(), "job finished");
             eprintln!(
-                "job '{}' finished in {:.3} s ({} tasks)",
+                "job '{}' finished in {:.3} s ({} tasks, {} checkpoints, {} restarts)",
                 report.job,
                 report.duration.as_secs_f64(),
-                report.tasks
+                report.tasks,
+                report.checkpoints,
+                report.restarts
             );
+            if let Some(location) = report.savepoint {
+                println!("savepoint: {location}");
+            }
             Ok(())
         }
         Command::Bench {
@@ -245,6 +294,38 @@ mod tests {
         );
         assert_eq!(s.dynamic, vec!["a=b".to_string(), "c=d".to_string()]);
         assert_eq!(s.parallelism.as_deref(), Some("4"));
+    }
+
+    #[test]
+    fn checkpoint_options_become_flink_keys() {
+        let s = split_args(
+            [
+                "--checkpoint-dir",
+                "file:///tmp/c",
+                "--checkpoint-interval=250",
+                "--restore",
+                "/tmp/c/job",
+                "--allow-non-restored-state",
+                "--savepoint-on-exit",
+                "--input",
+                "f",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        assert_eq!(s.job, ["--input", "f"].map(String::from).to_vec());
+        assert_eq!(
+            s.dynamic,
+            [
+                "state.checkpoints.dir=file:///tmp/c",
+                "execution.checkpointing.interval=250",
+                "execution.savepoint.path=/tmp/c/job",
+                "execution.savepoint.ignore-unclaimed-state=true",
+            ]
+            .map(String::from)
+            .to_vec()
+        );
+        assert!(s.savepoint_on_exit);
     }
 
     #[test]

@@ -43,8 +43,11 @@ pub mod prelude {
     pub use rill_connectors::*;
 }
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use rill_api::Configuration;
-use rill_runtime::{JobReport, LocalExecutor};
+use rill_runtime::{CheckpointSettings, JobOptions, JobReport, LocalExecutor, RestartStrategy};
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -73,11 +76,76 @@ pub fn run_local(
     config: Configuration,
 ) -> Result<JobReport, Error> {
     let executor = executor_for(&config)?;
-    let graph = build_job(entry, args, config)?;
-    Ok(executor.run(&graph)?)
+    run_local_with(&executor, entry, args, config)
 }
 
-fn executor_for(config: &Configuration) -> Result<LocalExecutor, Error> {
+/// Runs a catalogue entry on `executor` (whose control handle the caller
+/// may keep), with checkpoints, restore and restarts from `config`.
+pub fn run_local_with(
+    executor: &LocalExecutor,
+    entry: &JobEntry,
+    args: &JobArgs,
+    config: Configuration,
+) -> Result<JobReport, Error> {
+    let options = job_options(&config, entry.name)?;
+    let graph = build_job(entry, args, config)?;
+    Ok(executor.run_with(&graph, &options)?)
+}
+
+/// Storage options (S3 endpoint and credentials) from the configuration.
+fn storage_options(config: &Configuration) -> BTreeMap<String, String> {
+    config
+        .entries()
+        .filter(|(k, _)| k.starts_with("s3."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Checkpointing, restore and restart settings from Flink's keys.
+pub fn job_options(config: &Configuration, job_name: &str) -> Result<JobOptions, Error> {
+    let storage = storage_options(config);
+    let open = |key: &str| -> Result<Option<rill_checkpoint::CheckpointStorage>, Error> {
+        match config.get(key) {
+            Some(uri) => Ok(Some(
+                rill_checkpoint::CheckpointStorage::open(uri, &storage)
+                    .map_err(rill_runtime::RuntimeError::from)?,
+            )),
+            None => Ok(None),
+        }
+    };
+    let checkpoints = CheckpointSettings::from_config(config)?;
+    let job_id = match config.get("$internal.pipeline.job-id") {
+        Some(id) => id.to_string(),
+        None => job_name.to_string(),
+    };
+    let restore = match config.get("execution.savepoint.path") {
+        Some(location) => {
+            let (state, warnings) = rill_runtime::load_restore_point(location, &job_id, &storage)?;
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            eprintln!(
+                "restoring from checkpoint {} ({location})",
+                state.checkpoint
+            );
+            Some(Arc::new(state))
+        }
+        None => None,
+    };
+    Ok(JobOptions {
+        job_id,
+        restart: RestartStrategy::from_config(config, checkpoints.is_some())?,
+        checkpoint_storage: open("state.checkpoints.dir")?,
+        savepoint_storage: open("state.savepoints.dir")?,
+        checkpoints,
+        restore,
+        allow_non_restored_state: config
+            .get_parsed("execution.savepoint.ignore-unclaimed-state")?
+            .unwrap_or(false),
+    })
+}
+
+pub(crate) fn executor_for(config: &Configuration) -> Result<LocalExecutor, Error> {
     let mut executor = LocalExecutor::new();
     if let Some(t) = config.get_duration("execution.buffer-timeout")? {
         executor = executor.with_buffer_timeout(t);

@@ -12,12 +12,16 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use super::assigner::{Window, WindowAssigner};
 use super::function::{WindowFunction, WindowOutput};
 use super::trigger::{TimerRequest, Trigger, TriggerContext};
+use crate::checkpoint::{decode_state, encode_state, CheckpointId, OperatorState};
 use crate::element::{Data, Key, Output, Signal};
+use crate::error::Result;
+use crate::exec::SubtaskInfo;
 use crate::function::{OutputTag, SideOutputs};
 use crate::keyed::TimeDomain;
 use crate::time::{Timestamp, MAX_WATERMARK, MIN_WATERMARK};
@@ -75,7 +79,34 @@ where
     watermark: Timestamp,
     processing_time: Timestamp,
     requests: SmallVec<[TimerRequest; 4]>,
+    checkpoint: Option<SubtaskInfo>,
     _t: PhantomData<fn(T)>,
+}
+
+type SnapshotOf<K, T, A, Tr, F> = WindowSnapshot<
+    K,
+    <A as WindowAssigner<T>>::W,
+    <F as WindowFunction<K, T, <A as WindowAssigner<T>>::W>>::Acc,
+    <Tr as Trigger<T, <A as WindowAssigner<T>>::W>>::State,
+>;
+type SnapshotGroup<'a, K, T, A, Tr, F> = Vec<
+    WindowSnapshot<
+        &'a K,
+        &'a <A as WindowAssigner<T>>::W,
+        &'a <F as WindowFunction<K, T, <A as WindowAssigner<T>>::W>>::Acc,
+        &'a <Tr as Trigger<T, <A as WindowAssigner<T>>::W>>::State,
+    >,
+>;
+
+/// One open window in a checkpoint: its contents, trigger state and timers.
+#[derive(Serialize, Deserialize)]
+struct WindowSnapshot<K, W, Acc, S> {
+    key: K,
+    window: W,
+    acc: Option<Acc>,
+    trigger: S,
+    event_timers: Vec<Timestamp>,
+    processing_timers: Vec<Timestamp>,
 }
 
 /// Applies a trigger's timer requests to one window and the shared queues.
@@ -160,7 +191,77 @@ where
             watermark: MIN_WATERMARK,
             processing_time: crate::time::now_ms(),
             requests: SmallVec::new(),
+            checkpoint: None,
             _t: PhantomData,
+        }
+    }
+
+    /// Takes part in checkpoints as subtask `info`, starting from the open
+    /// windows (with their timers) of the key groups it owns.
+    pub fn checkpointed(mut self, info: &SubtaskInfo) -> Result<Self> {
+        for (_, blob) in info.restored_key_groups()? {
+            let windows: Vec<SnapshotOf<K, T, A, Tr, F>> = decode_state(&info.uid, blob)?;
+            for w in windows {
+                let mut slot = Slot::new(w.window.clone());
+                slot.acc = w.acc;
+                slot.trigger = w.trigger;
+                for t in w.event_timers {
+                    slot.event_timers.push(t);
+                    let entry = self.event_timers.entry(t).or_default();
+                    entry.push((w.key.clone(), w.window.clone()));
+                }
+                for t in w.processing_timers {
+                    slot.processing_timers.push(t);
+                    let entry = self.processing_timers.entry(t).or_default();
+                    entry.push((w.key.clone(), w.window.clone()));
+                }
+                if self.assigner.is_merging() {
+                    let open = self.sessions.entry(w.key.clone()).or_default();
+                    open.push(w.window.clone());
+                    open.sort();
+                }
+                self.windows.insert((w.key, w.window), slot);
+            }
+        }
+        if let Some(wm) = crate::keyed::restored_watermark(info)? {
+            self.watermark = wm;
+        }
+        self.checkpoint = Some(info.clone());
+        Ok(self)
+    }
+
+    fn snapshot(&self, info: &SubtaskInfo) -> Result<OperatorState> {
+        let max = info.max_parallelism;
+        let mut groups: BTreeMap<usize, SnapshotGroup<'_, K, T, A, Tr, F>> = BTreeMap::new();
+        for ((key, window), slot) in &self.windows {
+            groups
+                .entry(crate::keyed::key_group_of(key, max))
+                .or_default()
+                .push(WindowSnapshot {
+                    key,
+                    window,
+                    acc: slot.acc.as_ref(),
+                    trigger: &slot.trigger,
+                    event_timers: slot.event_timers.to_vec(),
+                    processing_timers: slot.processing_timers.to_vec(),
+                });
+        }
+        let keyed = groups
+            .into_iter()
+            .map(|(kg, windows)| Ok((kg, encode_state(&info.uid, &windows)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(OperatorState {
+            keyed,
+            operator: Some(encode_state(&info.uid, &self.watermark)?),
+        })
+    }
+
+    fn on_barrier(&mut self, id: CheckpointId) {
+        if let Some(info) = &self.checkpoint {
+            match self.snapshot(info) {
+                Ok(state) => info.put_snapshot(id, state),
+                Err(e) => info.checkpoint.snapshots.failed(id, e.to_string()),
+            }
         }
     }
 
@@ -465,7 +566,11 @@ where
                 self.processing_time = now;
                 self.fire_timers(TimeDomain::ProcessingTime, now);
             }
-            Signal::Idle(_) | Signal::Flush | Signal::EndOfInput => {}
+            Signal::Barrier(id) => self.on_barrier(id),
+            Signal::Idle(_)
+            | Signal::Flush
+            | Signal::EndOfInput
+            | Signal::CheckpointComplete(_) => {}
         }
         self.out.signal(signal);
         self.side.signal(signal);

@@ -1,0 +1,746 @@
+//! `CheckpointStorage`: the synchronous handle that writes, verifies, finds, retains
+//! and discards snapshots.
+//!
+//! It owns a small private tokio runtime and blocks on it, so plain threads can call
+//! it. Write order is the durability contract: every state file first, `_metadata`
+//! last; a directory without a valid `_metadata` is never treated as a snapshot, and
+//! deletion removes `_metadata` first so a half-deleted snapshot is never "complete".
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::backend::Backend;
+use crate::format::{self, FileMetadata, Metadata, MetadataError, OperatorMetadata};
+use crate::layout::{self, LocationShape};
+use crate::{
+    CheckpointError, CheckpointId, OperatorSnapshot, Result, Snapshot, SnapshotKind, SubtaskState,
+};
+
+/// How many files are uploaded or downloaded at once.
+const IO_CONCURRENCY: usize = 8;
+
+/// Handle to a checkpoint storage root. Cheap to clone; all clones share one
+/// connection pool and runtime.
+#[derive(Clone, Debug)]
+pub struct CheckpointStorage {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Always `Some` until drop; taken in `Drop` to shut down without blocking.
+    runtime: Option<tokio::runtime::Runtime>,
+    backend: Backend,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            // Never blocks, so dropping the last handle is fine even inside async code.
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A snapshot write running on a background thread (see
+/// [`CheckpointStorage::write_async`]).
+#[derive(Debug)]
+pub struct WriteHandle {
+    thread: JoinHandle<Result<String>>,
+}
+
+impl WriteHandle {
+    /// True once the write has finished (successfully or not).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Wait for the write; returns the snapshot's location URI.
+    pub fn wait(self) -> Result<String> {
+        match self.thread.join() {
+            Ok(result) => result,
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_string());
+                Err(CheckpointError::BackgroundWritePanicked(msg))
+            }
+        }
+    }
+}
+
+fn storage_err(
+    op: &'static str,
+    path: &str,
+) -> impl FnOnce(object_store::Error) -> CheckpointError {
+    let path = path.to_string();
+    move |source| CheckpointError::Storage { op, path, source }
+}
+
+fn to_path(rel: &str) -> Result<Path> {
+    Path::parse(rel).map_err(|e| CheckpointError::InvalidLocation {
+        location: rel.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Eight hex characters that differ between calls (savepoint directory suffix).
+fn short_random() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    // `RandomState` is seeded randomly per process and varies per instance.
+    let h = std::collections::hash_map::RandomState::new().hash_one(nanos);
+    format!("{:08x}", h as u32)
+}
+
+/// One operator's validated parts, ready to write.
+struct OperatorPlan {
+    parallelism: usize,
+    max_parallelism: usize,
+    parts: BTreeMap<usize, SubtaskState>,
+}
+
+fn plan_parts(parts: Vec<SubtaskState>) -> Result<BTreeMap<String, OperatorPlan>> {
+    let mut ops: BTreeMap<String, OperatorPlan> = BTreeMap::new();
+    for part in parts {
+        let bad = |reason: String| CheckpointError::InconsistentParts {
+            uid: part.uid.clone(),
+            reason,
+        };
+        if part.uid.len() > u32::MAX as usize {
+            return Err(bad("uid is longer than 4 GiB".to_string()));
+        }
+        if part.parallelism == 0 || part.max_parallelism == 0 {
+            return Err(bad(format!(
+                "parallelism {} and max parallelism {} must both be positive",
+                part.parallelism, part.max_parallelism
+            )));
+        }
+        if part.parallelism > part.max_parallelism {
+            return Err(bad(format!(
+                "parallelism {} exceeds max parallelism {}",
+                part.parallelism, part.max_parallelism
+            )));
+        }
+        if part.subtask >= part.parallelism {
+            return Err(bad(format!(
+                "subtask {} is out of range for parallelism {}",
+                part.subtask, part.parallelism
+            )));
+        }
+        let mut own_groups = BTreeSet::new();
+        for (kg, _) in &part.keyed {
+            if *kg >= part.max_parallelism {
+                return Err(bad(format!(
+                    "subtask {} reports key group {kg}, but max parallelism is {}",
+                    part.subtask, part.max_parallelism
+                )));
+            }
+            if !own_groups.insert(*kg) {
+                return Err(bad(format!(
+                    "subtask {} reports key group {kg} twice",
+                    part.subtask
+                )));
+            }
+        }
+        let plan = ops.entry(part.uid.clone()).or_insert_with(|| OperatorPlan {
+            parallelism: part.parallelism,
+            max_parallelism: part.max_parallelism,
+            parts: BTreeMap::new(),
+        });
+        if plan.parallelism != part.parallelism || plan.max_parallelism != part.max_parallelism {
+            return Err(bad(format!(
+                "subtask {} reports parallelism {}/max {}, another subtask reported {}/{}",
+                part.subtask,
+                part.parallelism,
+                part.max_parallelism,
+                plan.parallelism,
+                plan.max_parallelism
+            )));
+        }
+        if plan.parts.contains_key(&part.subtask) {
+            return Err(bad(format!("subtask {} reported twice", part.subtask)));
+        }
+        for (other_subtask, other) in &plan.parts {
+            if let Some((kg, _)) = other.keyed.iter().find(|(kg, _)| own_groups.contains(kg)) {
+                return Err(bad(format!(
+                    "key group {kg} is reported by subtasks {other_subtask} and {}",
+                    part.subtask
+                )));
+            }
+        }
+        plan.parts.insert(part.subtask, part);
+    }
+    // Distinct uids must map to distinct file names (only hashed long names could clash).
+    let mut names = BTreeSet::new();
+    for uid in ops.keys() {
+        if !names.insert(layout::escape_uid(uid)) {
+            return Err(CheckpointError::InconsistentParts {
+                uid: uid.clone(),
+                reason: "its file name collides with another operator's".to_string(),
+            });
+        }
+    }
+    Ok(ops)
+}
+
+impl CheckpointStorage {
+    /// Open a storage root: `file:///dir`, `/abs/dir`, or `s3://bucket/prefix`.
+    ///
+    /// For S3, settings come from the AWS environment variables (`AWS_ENDPOINT_URL`,
+    /// `AWS_ENDPOINT`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_ALLOW_HTTP`, …) and are overridden by the Flink-style `options`
+    /// `s3.endpoint`, `s3.access-key`, `s3.secret-key`, `s3.region` and
+    /// `s3.path.style.access`. Requests use path-style addressing unless virtual
+    /// hosting is requested, and an `http://` endpoint is allowed automatically.
+    /// Other keys in `options` are ignored. A local root directory is created.
+    pub fn open(uri: &str, options: &BTreeMap<String, String>) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("rill-checkpoint-io")
+            .enable_all()
+            .build()
+            .map_err(CheckpointError::Runtime)?;
+        let backend = {
+            let _guard = runtime.enter();
+            Backend::open(uri, options)?
+        };
+        Ok(CheckpointStorage {
+            inner: Arc::new(Inner {
+                runtime: Some(runtime),
+                backend,
+            }),
+        })
+    }
+
+    /// URI of the storage root (no trailing slash), e.g. `file:///data/ckpt`.
+    pub fn root_uri(&self) -> &str {
+        &self.inner.backend.root_uri
+    }
+
+    /// URI of checkpoint `id` of `job_id` (whether or not it exists).
+    pub fn checkpoint_location(&self, job_id: &str, id: CheckpointId) -> String {
+        self.inner
+            .backend
+            .uri_of(&layout::checkpoint_dir(job_id, id))
+    }
+
+    fn store(&self) -> &dyn ObjectStore {
+        self.inner.backend.store.as_ref()
+    }
+
+    fn block_on<F>(&self, fut: F) -> F::Output
+    where
+        F: Future + Send,
+        F::Output: Send,
+    {
+        let Some(rt) = self.inner.runtime.as_ref() else {
+            unreachable!("the runtime is only taken when the last handle is dropped");
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Called from inside some async runtime: blocking this thread on our
+            // runtime would panic, so drive the future from a helper thread.
+            std::thread::scope(|s| match s.spawn(|| rt.block_on(fut)).join() {
+                Ok(out) => out,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+        } else {
+            rt.block_on(fut)
+        }
+    }
+
+    /// Write a complete snapshot: all state files, then `_metadata`. Returns the URI
+    /// of the snapshot directory.
+    ///
+    /// Checkpoints go to `<root>/<job-id>/chk-<id>` (an existing complete checkpoint
+    /// with the same id is an error); savepoints to a fresh
+    /// `<root>/savepoints/savepoint-<job-id>-<id>-<random>`. Parts are validated
+    /// first: one parallelism/max parallelism per uid, subtasks and key groups in
+    /// range, no subtask or key group reported twice.
+    pub fn write(
+        &self,
+        job_id: &str,
+        snapshot_id: CheckpointId,
+        kind: SnapshotKind,
+        parts: Vec<SubtaskState>,
+    ) -> Result<String> {
+        layout::validate_job_id(job_id)?;
+        let ops = plan_parts(parts)?;
+        let dir = match kind {
+            SnapshotKind::Checkpoint => layout::checkpoint_dir(job_id, snapshot_id),
+            SnapshotKind::Savepoint => layout::savepoint_dir(job_id, snapshot_id, &short_random()),
+        };
+        let location = self.inner.backend.uri_of(&dir);
+        self.block_on(self.write_dir(&dir, &location, job_id, snapshot_id, kind, ops))?;
+        tracing::debug!(%location, "snapshot written");
+        Ok(location)
+    }
+
+    /// [`write`](Self::write) on a background thread, so the caller's stream keeps
+    /// flowing while the upload runs. Wait on the returned handle for the location.
+    pub fn write_async(
+        &self,
+        job_id: &str,
+        snapshot_id: CheckpointId,
+        kind: SnapshotKind,
+        parts: Vec<SubtaskState>,
+    ) -> WriteHandle {
+        let this = self.clone();
+        let job_id = job_id.to_string();
+        let spawned = std::thread::Builder::new()
+            .name(format!("rill-checkpoint-write-{snapshot_id}"))
+            .spawn(move || this.write(&job_id, snapshot_id, kind, parts));
+        let thread = match spawned {
+            Ok(thread) => thread,
+            // Could not start a thread: report through the handle all the same.
+            Err(e) => std::thread::spawn(move || Err(CheckpointError::Runtime(e))),
+        };
+        WriteHandle { thread }
+    }
+
+    async fn write_dir(
+        &self,
+        dir: &str,
+        location: &str,
+        job_id: &str,
+        id: CheckpointId,
+        kind: SnapshotKind,
+        ops: BTreeMap<String, OperatorPlan>,
+    ) -> Result<()> {
+        let store = self.store();
+        let meta_rel = layout::metadata_path(dir);
+        let meta_path = to_path(&meta_rel)?;
+        match store.head(&meta_path).await {
+            Ok(_) => {
+                return Err(CheckpointError::AlreadyExists {
+                    location: location.to_string(),
+                })
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(storage_err("head", &meta_rel)(e)),
+        }
+
+        let mut operators = Vec::with_capacity(ops.len());
+        let mut uploads = Vec::new();
+        for (uid, plan) in ops {
+            let mut files = Vec::with_capacity(plan.parts.len());
+            for (subtask, part) in plan.parts {
+                let bytes =
+                    format::encode_state_file(&uid, subtask, &part.keyed, part.operator.as_deref());
+                let file = layout::state_file_name(&uid, subtask);
+                files.push(FileMetadata {
+                    subtask,
+                    file: file.clone(),
+                    size: bytes.len() as u64,
+                    crc32: format::checksum(&bytes),
+                });
+                uploads.push((layout::join(dir, &file), bytes));
+            }
+            operators.push(OperatorMetadata {
+                uid,
+                parallelism: plan.parallelism,
+                max_parallelism: plan.max_parallelism,
+                files,
+            });
+        }
+
+        stream::iter(uploads)
+            .map(|(rel, bytes)| async move {
+                let path = to_path(&rel)?;
+                store
+                    .put(&path, PutPayload::from(bytes))
+                    .await
+                    .map_err(storage_err("put", &rel))?;
+                Ok::<(), CheckpointError>(())
+            })
+            .buffer_unordered(IO_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+
+        let meta = Metadata {
+            format_version: format::METADATA_FORMAT_VERSION,
+            job_id: job_id.to_string(),
+            id,
+            kind,
+            created_ms: now_ms(),
+            operators,
+        };
+        store
+            .put(&meta_path, PutPayload::from(format::encode_metadata(&meta)))
+            .await
+            .map_err(storage_err("put", &meta_rel))?;
+        Ok(())
+    }
+
+    /// Read and fully verify the snapshot in `location` (a `chk-<n>` or savepoint
+    /// directory, as a URI, an absolute path, or a path relative to the root).
+    pub fn read(&self, location: &str) -> Result<Snapshot> {
+        let rel = self.inner.backend.resolve(location)?;
+        self.block_on(self.read_dir(&rel))
+    }
+
+    async fn fetch(&self, rel: &str) -> Result<Option<bytes::Bytes>> {
+        let path = to_path(rel)?;
+        match self.store().get(&path).await {
+            Ok(got) => Ok(Some(got.bytes().await.map_err(storage_err("get", rel))?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(storage_err("get", rel)(e)),
+        }
+    }
+
+    async fn read_metadata(&self, rel: &str) -> Result<Metadata> {
+        let location = self.inner.backend.uri_of(rel);
+        let Some(bytes) = self.fetch(&layout::metadata_path(rel)).await? else {
+            return Err(CheckpointError::MissingMetadata { location });
+        };
+        let meta = format::decode_metadata(&bytes).map_err(|e| match e {
+            MetadataError::Corrupt(reason) => CheckpointError::CorruptMetadata {
+                location: location.clone(),
+                reason,
+            },
+            MetadataError::UnsupportedVersion(found) => CheckpointError::UnsupportedFormatVersion {
+                location: location.clone(),
+                found,
+                supported: format::METADATA_FORMAT_VERSION,
+            },
+        })?;
+        if let LocationShape::Checkpoint { job_id, id } = layout::classify(rel) {
+            if meta.job_id != job_id || meta.id != id || meta.kind != SnapshotKind::Checkpoint {
+                return Err(CheckpointError::CorruptMetadata {
+                    location,
+                    reason: format!(
+                        "it describes {:?} {} of job `{}`, not checkpoint {id} of job `{job_id}`",
+                        meta.kind, meta.id, meta.job_id
+                    ),
+                });
+            }
+        }
+        Ok(meta)
+    }
+
+    async fn read_dir(&self, rel: &str) -> Result<Snapshot> {
+        let location = self.inner.backend.uri_of(rel);
+        let meta = self.read_metadata(rel).await?;
+
+        let wanted: Vec<(usize, FileMetadata)> = meta
+            .operators
+            .iter()
+            .enumerate()
+            .flat_map(|(i, op)| op.files.iter().map(move |f| (i, f.clone())))
+            .collect();
+        let location_ref = &location;
+        let loaded: Vec<(usize, FileMetadata, format::StateFile)> = stream::iter(wanted)
+            .map(|(op_index, f)| async move {
+                let rel_file = layout::join(rel, &f.file);
+                let Some(bytes) = self.fetch(&rel_file).await? else {
+                    return Err(CheckpointError::MissingStateFile {
+                        location: location_ref.clone(),
+                        file: f.file.clone(),
+                    });
+                };
+                if bytes.len() as u64 != f.size {
+                    return Err(CheckpointError::SizeMismatch {
+                        location: location_ref.clone(),
+                        file: f.file.clone(),
+                        expected: f.size,
+                        actual: bytes.len() as u64,
+                    });
+                }
+                let actual = format::checksum(&bytes);
+                if actual != f.crc32 {
+                    return Err(CheckpointError::ChecksumMismatch {
+                        location: location_ref.clone(),
+                        file: f.file.clone(),
+                        expected: f.crc32,
+                        actual,
+                    });
+                }
+                let state = format::decode_state_file(&bytes).map_err(|reason| {
+                    CheckpointError::CorruptStateFile {
+                        location: location_ref.clone(),
+                        file: f.file.clone(),
+                        reason,
+                    }
+                })?;
+                Ok((op_index, f, state))
+            })
+            .buffer_unordered(IO_CONCURRENCY)
+            .try_collect()
+            .await?;
+
+        let mut operators: BTreeMap<String, OperatorSnapshot> = meta
+            .operators
+            .iter()
+            .map(|op| {
+                (
+                    op.uid.clone(),
+                    OperatorSnapshot {
+                        parallelism: op.parallelism,
+                        max_parallelism: op.max_parallelism,
+                        ..OperatorSnapshot::default()
+                    },
+                )
+            })
+            .collect();
+        for (op_index, f, state) in loaded {
+            let op_meta = &meta.operators[op_index];
+            let corrupt = |reason: String| CheckpointError::CorruptStateFile {
+                location: location.clone(),
+                file: f.file.clone(),
+                reason,
+            };
+            if state.uid != op_meta.uid || state.subtask != f.subtask {
+                return Err(corrupt(format!(
+                    "it holds operator `{}` subtask {}, `_metadata` says `{}` subtask {}",
+                    state.uid, state.subtask, op_meta.uid, f.subtask
+                )));
+            }
+            let Some(op) = operators.get_mut(&op_meta.uid) else {
+                unreachable!("operators was built from the same metadata");
+            };
+            for (kg, blob) in state.keyed {
+                if kg >= op.max_parallelism {
+                    return Err(corrupt(format!(
+                        "key group {kg} is out of range for max parallelism {}",
+                        op.max_parallelism
+                    )));
+                }
+                if op.keyed.insert(kg, blob).is_some() {
+                    return Err(corrupt(format!(
+                        "key group {kg} also appears in another subtask's file"
+                    )));
+                }
+            }
+            if let Some(blob) = state.operator {
+                op.operator.insert(f.subtask, blob);
+            }
+        }
+        Ok(Snapshot {
+            id: meta.id,
+            kind: meta.kind,
+            job: meta.job_id,
+            created_ms: meta.created_ms,
+            operators,
+        })
+    }
+
+    /// Ids of the `chk-<n>` directories directly under `rel`, ascending, whether
+    /// complete or not.
+    async fn checkpoint_dirs(&self, rel: &str) -> Result<Vec<CheckpointId>> {
+        let prefix = if rel.is_empty() {
+            None
+        } else {
+            Some(to_path(rel)?)
+        };
+        let listing = match self.store().list_with_delimiter(prefix.as_ref()).await {
+            Ok(listing) => listing,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(storage_err("list", rel)(e)),
+        };
+        let mut ids: Vec<CheckpointId> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().and_then(layout::parse_checkpoint_dir_name))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Checkpoints of a job split into (complete, incomplete) ids, both ascending.
+    /// Complete means `_metadata` exists, decodes and names this checkpoint.
+    async fn classify_checkpoints(
+        &self,
+        job_id: &str,
+    ) -> Result<(Vec<CheckpointId>, Vec<CheckpointId>)> {
+        let mut complete = Vec::new();
+        let mut incomplete = Vec::new();
+        for id in self.checkpoint_dirs(&layout::job_dir(job_id)).await? {
+            match self
+                .read_metadata(&layout::checkpoint_dir(job_id, id))
+                .await
+            {
+                Ok(_) => complete.push(id),
+                Err(e) if e.is_snapshot_damage() => incomplete.push(id),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((complete, incomplete))
+    }
+
+    /// Ids of the job's complete checkpoints (valid `_metadata`), ascending. State
+    /// files are not verified here; [`read`](Self::read) and
+    /// [`restore_point`](Self::restore_point) do that.
+    pub fn complete_checkpoints(&self, job_id: &str) -> Result<Vec<CheckpointId>> {
+        layout::validate_job_id(job_id)?;
+        Ok(self.block_on(self.classify_checkpoints(job_id))?.0)
+    }
+
+    /// The newest complete checkpoint of a job and its location URI.
+    pub fn latest_complete(&self, job_id: &str) -> Result<Option<(CheckpointId, String)>> {
+        layout::validate_job_id(job_id)?;
+        self.block_on(async {
+            let ids = self.checkpoint_dirs(&layout::job_dir(job_id)).await?;
+            for id in ids.into_iter().rev() {
+                let dir = layout::checkpoint_dir(job_id, id);
+                match self.read_metadata(&dir).await {
+                    Ok(_) => return Ok(Some((id, self.inner.backend.uri_of(&dir)))),
+                    Err(e) if e.is_snapshot_damage() => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(None)
+        })
+    }
+
+    /// Find what to restore from `location`:
+    ///
+    /// * a snapshot directory (`chk-<n>` or a savepoint, or any directory holding a
+    ///   `_metadata`) is read and verified as is;
+    /// * a job directory (`<root>/<job-id>`, or just the job id) restores its newest
+    ///   checkpoint that verifies. Damaged newer checkpoints (missing `_metadata`,
+    ///   corrupt metadata, missing or corrupt state files) are skipped, each with a
+    ///   warning naming the checkpoint and the reason; storage outages are errors,
+    ///   not reasons to fall back.
+    ///
+    /// Errors with [`CheckpointError::NothingRestorable`] when no checkpoint verifies.
+    pub fn restore_point(&self, location: &str) -> Result<(Snapshot, Vec<String>)> {
+        let rel = self.inner.backend.resolve(location)?;
+        self.block_on(self.restore_rel(location, &rel))
+    }
+
+    async fn restore_rel(&self, location: &str, rel: &str) -> Result<(Snapshot, Vec<String>)> {
+        let shape = layout::classify(rel);
+        let has_metadata = !rel.is_empty()
+            && self
+                .store()
+                .head(&to_path(&layout::metadata_path(rel))?)
+                .await
+                .is_ok();
+        if has_metadata
+            || matches!(
+                shape,
+                LocationShape::Checkpoint { .. } | LocationShape::Savepoint { .. }
+            )
+        {
+            return Ok((self.read_dir(rel).await?, Vec::new()));
+        }
+
+        let ids = self.checkpoint_dirs(rel).await?;
+        if ids.is_empty() {
+            return Err(CheckpointError::NothingRestorable {
+                location: location.to_string(),
+                reason: format!(
+                    "{} holds no snapshot (`_metadata`) and no chk-* checkpoint directories",
+                    self.inner.backend.uri_of(rel)
+                ),
+            });
+        }
+        let mut warnings = Vec::new();
+        for id in ids.into_iter().rev() {
+            let dir = layout::join(rel, &layout::checkpoint_dir_name(id));
+            match self.read_dir(&dir).await {
+                Ok(snapshot) => return Ok((snapshot, warnings)),
+                Err(e) if e.is_snapshot_damage() => {
+                    let warning = format!(
+                        "skipped checkpoint {} ({}): {e}",
+                        layout::checkpoint_dir_name(id),
+                        self.inner.backend.uri_of(&dir)
+                    );
+                    tracing::warn!("{warning}");
+                    warnings.push(warning);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(CheckpointError::NothingRestorable {
+            location: location.to_string(),
+            reason: format!("every checkpoint is damaged: {}", warnings.join("; ")),
+        })
+    }
+
+    /// Delete all but the newest `keep` complete checkpoints of a job, plus every
+    /// incomplete `chk-*` directory older than the newest complete one (newer ones
+    /// may still be in progress). Savepoints are never touched. Returns the deleted
+    /// ids, ascending. `keep == 0` deletes every complete checkpoint.
+    pub fn retain(&self, job_id: &str, keep: usize) -> Result<Vec<CheckpointId>> {
+        layout::validate_job_id(job_id)?;
+        self.block_on(async {
+            let (complete, incomplete) = self.classify_checkpoints(job_id).await?;
+            let newest_complete = complete.last().copied();
+            let mut doomed: Vec<CheckpointId> =
+                complete[..complete.len().saturating_sub(keep)].to_vec();
+            if let Some(newest) = newest_complete {
+                doomed.extend(incomplete.iter().copied().filter(|id| *id < newest));
+            }
+            doomed.sort_unstable();
+            for id in &doomed {
+                self.delete_dir(&layout::checkpoint_dir(job_id, *id))
+                    .await?;
+            }
+            if !doomed.is_empty() {
+                tracing::debug!(job_id, ?doomed, "old checkpoints deleted");
+            }
+            Ok(doomed)
+        })
+    }
+
+    /// Delete checkpoint `id` of a job (e.g. an aborted one), whatever state it is
+    /// in. Deleting a checkpoint that does not exist is not an error.
+    pub fn discard(&self, job_id: &str, id: CheckpointId) -> Result<()> {
+        layout::validate_job_id(job_id)?;
+        self.block_on(self.delete_dir(&layout::checkpoint_dir(job_id, id)))
+    }
+
+    /// Delete a snapshot directory: `_metadata` first (so it stops being complete at
+    /// once), then everything else under it.
+    async fn delete_dir(&self, rel: &str) -> Result<()> {
+        let store = self.store();
+        let meta_rel = layout::metadata_path(rel);
+        match store.delete(&to_path(&meta_rel)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(storage_err("delete", &meta_rel)(e)),
+        }
+        let prefix = to_path(rel)?;
+        let files: Vec<Path> = match store
+            .list(Some(&prefix))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+        {
+            Ok(files) => files,
+            Err(object_store::Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(storage_err("list", rel)(e)),
+        };
+        let results: Vec<object_store::Result<Path>> = store
+            .delete_stream(stream::iter(files.into_iter().map(Ok)).boxed())
+            .collect()
+            .await;
+        for result in results {
+            match result {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(storage_err("delete", rel)(e)),
+            }
+        }
+        Ok(())
+    }
+}
