@@ -279,11 +279,15 @@ pub(crate) fn snapshot_keyed<K: Key>(
         .collect()
 }
 
-/// Restores the watermark an operator had reached: the minimum over the
-/// states it takes over (never ahead of any input it replaces).
+/// Restores the watermark an operator had reached: the minimum over all its
+/// old subtasks (after a rescale, a subtask's keys come from any of them, so
+/// it must not be ahead of any).
 pub(crate) fn restored_watermark(info: &SubtaskInfo) -> Result<Option<Timestamp>> {
     let mut min: Option<Timestamp> = None;
-    for blob in info.restored_operator_states() {
+    let all = info
+        .restored()
+        .map(|r| r.operator.values().collect::<Vec<_>>());
+    for blob in all.unwrap_or_default() {
         let wm: Timestamp = decode_state(&info.uid, blob)?;
         min = Some(min.map_or(wm, |m: Timestamp| m.min(wm)));
     }

@@ -66,10 +66,11 @@ pub struct SinkOperator<T> {
 }
 
 impl<T> SinkOperator<T> {
-    /// Wraps a writer; with checkpointing on, it starts its transactions
-    /// from the restored state of this subtask.
+    /// Wraps a writer. With checkpointing on, or when restoring (the output
+    /// must first be brought back to the snapshot), it writes in
+    /// transactions that start from the restored state of this subtask.
     pub fn new(mut writer: Box<dyn SinkWriter<T>>, info: &SubtaskInfo) -> Result<Self> {
-        if info.checkpoint.enabled {
+        if info.checkpoint.enabled || info.restored().is_some() {
             writer.begin_transactions(info.restored_operator_states())?;
         }
         Ok(Self {

@@ -406,6 +406,13 @@ impl LocalExecutor {
                 Ok(TaskEvent::Done(task, result)) => {
                     done += 1;
                     outcomes.extend(coordinator.task_finished());
+                    let stopping = final_savepoint.is_some();
+                    let result = match result {
+                        // Stopping after the final savepoint: tasks see their
+                        // inputs go away, which is expected now.
+                        Err(e) if stopping && is_consequence(&e) => Ok(()),
+                        other => other,
+                    };
                     if let Err(e) = result {
                         if !matches!(e, RuntimeError::Cancelled) || first_error.is_none() {
                             tracing::warn!(%task, error = %e, "task stopped");
@@ -465,7 +472,11 @@ impl LocalExecutor {
                         "the job failed".into(),
                     ),
                     Outcome::Declined { id, kind, reason } => {
-                        tracing::warn!(checkpoint = id, ?kind, %reason, "snapshot declined");
+                        if done > 0 {
+                            tracing::info!(checkpoint = id, ?kind, %reason, "snapshot aborted");
+                        } else {
+                            tracing::warn!(checkpoint = id, ?kind, %reason, "snapshot declined");
+                        }
                         if stop_savepoint == Some(id) {
                             self.control
                                 .stop_with_savepoint
