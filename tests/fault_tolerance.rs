@@ -222,11 +222,17 @@ fn failures_match_the_clean_run(parallelism: usize, seed: u64) {
     assert!(clean.sums.len() > 1000 && clean.counts.len() > 1000);
 
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed);
-    let mut thresholds: Vec<u64> = (0..4)
-        .map(|_| rng.random_range(2_000..records as u64))
-        .collect();
+    // Every record is counted twice (injector map and keyed function). The
+    // failures lie far enough apart that each one hits a fresh attempt (two
+    // failures racing in one attempt cause one restart, as they should).
+    let mut thresholds: Vec<u64> = Vec::new();
+    while thresholds.len() < 4 {
+        let t = rng.random_range(2_000..2 * records as u64);
+        if thresholds.iter().all(|x| x.abs_diff(t) > 10_000) {
+            thresholds.push(t);
+        }
+    }
     thresholds.sort();
-    thresholds.dedup();
     let failures = thresholds.len() as u32;
     let injector = Injector {
         seen: Arc::new(AtomicU64::new(0)),

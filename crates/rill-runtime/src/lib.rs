@@ -13,7 +13,9 @@ pub mod plan;
 pub mod restart;
 
 pub use coordinator::CheckpointSettings;
-pub use local::{load_restore_point, JobControl, JobOptions, JobReport, LocalExecutor};
+pub use local::{
+    load_restore_point, JobControl, JobOptions, JobReport, LocalExecutor, SnapshotStats,
+};
 pub use plan::Plan;
 pub use restart::RestartStrategy;
 

@@ -85,6 +85,21 @@ pub struct JobControl {
     stop_with_savepoint: Arc<AtomicBool>,
     savepoints: Sender<Sender<Result<String, String>>>,
     savepoint_requests: Receiver<Sender<Result<String, String>>>,
+    completed: Arc<std::sync::Mutex<Vec<SnapshotStats>>>,
+}
+
+/// Figures of one completed checkpoint or savepoint.
+#[derive(Debug, Clone)]
+pub struct SnapshotStats {
+    pub id: CheckpointId,
+    pub kind: SnapshotKind,
+    /// State bytes reported by the tasks.
+    pub bytes: usize,
+    /// From trigger until `_metadata` was written.
+    pub duration: Duration,
+    /// Part of `duration` spent writing to storage.
+    pub upload: Duration,
+    pub location: String,
 }
 
 impl Default for JobControl {
@@ -95,6 +110,7 @@ impl Default for JobControl {
             stop_with_savepoint: Arc::new(AtomicBool::new(false)),
             savepoints,
             savepoint_requests,
+            completed: Arc::default(),
         }
     }
 }
@@ -108,6 +124,11 @@ impl JobControl {
     /// Takes a savepoint, then stops the job; the report names the savepoint.
     pub fn stop_with_savepoint(&self) {
         self.stop_with_savepoint.store(true, Ordering::SeqCst);
+    }
+
+    /// Completed checkpoints and savepoints so far.
+    pub fn completed_snapshots(&self) -> Vec<SnapshotStats> {
+        self.completed.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
     /// Takes a savepoint of the running job and waits for its location.
@@ -436,7 +457,11 @@ impl LocalExecutor {
                         let written = write_snapshot(options, pending);
                         coordinator.finished_writing(Instant::now());
                         match written {
-                            Ok(location) => {
+                            Ok(stats) => {
+                                let location = stats.location.clone();
+                                if let Ok(mut c) = self.control.completed.lock() {
+                                    c.push(stats);
+                                }
                                 if kind == SnapshotKind::Checkpoint {
                                     *completed += 1;
                                 }
@@ -531,7 +556,7 @@ fn decline(
 fn write_snapshot(
     options: &JobOptions,
     pending: crate::coordinator::PendingSnapshot,
-) -> Result<String, RuntimeError> {
+) -> Result<SnapshotStats, RuntimeError> {
     let started = pending.started;
     let storage = match pending.kind {
         SnapshotKind::Checkpoint => options.checkpoint_storage.as_ref(),
@@ -549,7 +574,16 @@ fn write_snapshot(
                 + p.operator.as_ref().map_or(0, |o| o.len())
         })
         .sum();
+    let upload_started = Instant::now();
     let location = storage.write(&options.job_id, pending.id, pending.kind, pending.parts)?;
+    let stats = SnapshotStats {
+        id: pending.id,
+        kind: pending.kind,
+        bytes,
+        duration: started.elapsed(),
+        upload: upload_started.elapsed(),
+        location: location.clone(),
+    };
     tracing::info!(
         id = pending.id,
         kind = ?pending.kind,
@@ -564,7 +598,7 @@ fn write_snapshot(
             tracing::warn!(error = %e, "old checkpoints not removed");
         }
     }
-    Ok(location)
+    Ok(stats)
 }
 
 /// The id after every checkpoint this job already has (ids never repeat).

@@ -5,15 +5,23 @@
 //! pseudo-random `1..=1000`; watermarks one second behind the highest
 //! timestamp; per key, tumbling 10 s event-time windows computing COUNT and
 //! SUM; results into a discarding sink.
+//!
+//! `rill bench state`: keyed state of many keys (one counter per key) under
+//! periodic checkpoints, reporting each checkpoint's size and duration.
 
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use rill_api::window::TumblingEventTimeWindows;
-use rill_api::{AggregateFunction, Configuration, StreamEnv, WatermarkStrategy};
+use rill_api::{
+    AggregateFunction, Configuration, KeyedContext, KeyedProcessFunction, Source, SourceOutput,
+    SourcePoll, StreamEnv, ValueState, WatermarkStrategy,
+};
 use rill_connectors::{DataGen, DiscardSink};
-use rill_runtime::LocalExecutor;
+use rill_runtime::{LocalExecutor, SnapshotStats};
 
 use crate::Error;
 
@@ -59,10 +67,12 @@ impl AggregateFunction<Bid> for CountSum {
 }
 
 /// Figures of one benchmark run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BenchResult {
     pub events: u64,
     pub seconds: f64,
+    /// Checkpoints taken during the run.
+    pub snapshots: Vec<SnapshotStats>,
 }
 
 impl BenchResult {
@@ -95,17 +105,181 @@ pub fn window_job(env: &StreamEnv, events: u64, keys: u64) {
         .sink_to(DiscardSink, "blackhole");
 }
 
-/// Runs the windowed workload and measures it.
-pub fn run_window(events: u64, keys: u64, parallelism: usize) -> Result<BenchResult, Error> {
+/// Periodic checkpoints during a benchmark.
+#[derive(Debug, Clone)]
+pub struct BenchCheckpoints {
+    pub dir: String,
+    pub interval: Duration,
+}
+
+fn configuration(
+    parallelism: usize,
+    checkpoints: Option<&BenchCheckpoints>,
+) -> Result<Configuration, Error> {
     let mut config = Configuration::new();
     config.set("parallelism.default", parallelism.max(1).to_string())?;
-    let env = StreamEnv::new("bench-window", config)?;
+    if let Some(c) = checkpoints {
+        config.set("state.checkpoints.dir", c.dir.clone())?;
+        config.set(
+            "execution.checkpointing.interval",
+            format!("{} ms", c.interval.as_millis()),
+        )?;
+        config.set("restart-strategy.type", "none")?;
+    }
+    Ok(config)
+}
+
+/// Runs the windowed workload and measures it.
+pub fn run_window(
+    events: u64,
+    keys: u64,
+    parallelism: usize,
+    checkpoints: Option<&BenchCheckpoints>,
+) -> Result<BenchResult, Error> {
+    let config = configuration(parallelism, checkpoints)?;
+    let env = StreamEnv::new("bench-window", config.clone())?;
     window_job(&env, events, keys);
     let graph = env.graph();
+    let options = crate::job_options(&config, "bench-window")?;
+    let executor = LocalExecutor::new();
     let started = Instant::now();
-    LocalExecutor::new().run(&graph)?;
+    executor.run_with(&graph, &options)?;
     Ok(BenchResult {
         events,
         seconds: started.elapsed().as_secs_f64(),
+        snapshots: executor.control().completed_snapshots(),
+    })
+}
+
+/// Emits every key once, then stays open (so checkpoints keep running).
+struct KeysThenIdle {
+    next: u64,
+    end: u64,
+}
+
+impl Source<u64> for KeysThenIdle {
+    fn poll(&mut self, out: &mut SourceOutput<'_, u64>) -> rill_api::Result<SourcePoll> {
+        if self.next >= self.end {
+            return Ok(SourcePoll::Pending(Duration::from_millis(20)));
+        }
+        let stop = self.end.min(self.next + 4096);
+        for key in self.next..stop {
+            out.collect(key);
+        }
+        self.next = stop;
+        Ok(SourcePoll::Ready)
+    }
+
+    fn snapshot(&mut self) -> rill_api::Result<Option<Vec<u8>>> {
+        Ok(Some(rill_api::checkpoint::encode_state(
+            "keys", &self.next,
+        )?))
+    }
+}
+
+struct KeysFactory(u64);
+
+impl rill_api::SourceFactory<u64> for KeysFactory {
+    fn create(&self, subtask: usize, parallelism: usize) -> rill_api::Result<Box<dyn Source<u64>>> {
+        let p = parallelism.max(1) as u64;
+        let i = subtask as u64;
+        Ok(Box::new(KeysThenIdle {
+            next: self.0 * i / p,
+            end: self.0 * (i + 1) / p,
+        }))
+    }
+}
+
+/// One counter per key.
+#[derive(Clone)]
+struct CountPerKey {
+    count: ValueState<u64>,
+    seen: Arc<AtomicU64>,
+}
+
+impl KeyedProcessFunction<u64, u64, u64> for CountPerKey {
+    fn process_element(&mut self, _: u64, ctx: &mut KeyedContext<'_, u64, u64>) {
+        let n = self.count.get(ctx).unwrap_or(0) + 1;
+        self.count.set(ctx, n);
+        self.seen.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Figures of `rill bench state`.
+#[derive(Debug, Clone)]
+pub struct StateBenchResult {
+    pub keys: u64,
+    /// Time to load every key into state.
+    pub load_seconds: f64,
+    /// Checkpoints taken once every key was in state.
+    pub snapshots: Vec<SnapshotStats>,
+}
+
+/// Loads `keys` keys into keyed state, then takes `count` checkpoints
+/// (every `interval`) of it.
+pub fn run_state(
+    keys: u64,
+    parallelism: usize,
+    count: usize,
+    checkpoints: &BenchCheckpoints,
+) -> Result<StateBenchResult, Error> {
+    let config = configuration(parallelism, Some(checkpoints))?;
+    let env = StreamEnv::new("bench-state", config.clone())?;
+    let seen = Arc::new(AtomicU64::new(0));
+    env.from_source(
+        KeysFactory(keys),
+        WatermarkStrategy::no_watermarks(),
+        "keys",
+    )
+    .key_by(|k: &u64| *k)
+    .process(CountPerKey {
+        count: ValueState::new("count"),
+        seen: seen.clone(),
+    })
+    .sink_to(DiscardSink, "blackhole");
+    let graph = env.graph();
+    let options = crate::job_options(&config, "bench-state")?;
+    let executor = LocalExecutor::new();
+    let control = executor.control();
+    let started = Instant::now();
+    let runner = std::thread::spawn(move || executor.run_with(&graph, &options));
+    while seen.load(Ordering::Relaxed) < keys {
+        if runner.is_finished() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let load_seconds = started.elapsed().as_secs_f64();
+    // Skip checkpoints that may have started before loading ended.
+    let skip = control.completed_snapshots().len() + 1;
+    let deadline = Instant::now() + checkpoints.interval * (count as u32 + 2) * 4;
+    while control.completed_snapshots().len() < skip + count
+        && !runner.is_finished()
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    control.cancel();
+    match runner.join() {
+        Ok(Err(rill_runtime::RuntimeError::Cancelled)) | Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => {
+            return Err(rill_api::Error::Task {
+                task: "bench-state".into(),
+                message: "the job thread panicked".into(),
+            }
+            .into())
+        }
+    }
+    let snapshots: Vec<SnapshotStats> = control
+        .completed_snapshots()
+        .into_iter()
+        .skip(skip)
+        .take(count)
+        .collect();
+    Ok(StateBenchResult {
+        keys,
+        load_seconds,
+        snapshots,
     })
 }

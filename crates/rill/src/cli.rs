@@ -68,7 +68,53 @@ enum Bench {
         /// Repeat and report each run (the last line is the best run).
         #[arg(long, default_value_t = 1)]
         runs: usize,
+        /// Take checkpoints this often (milliseconds) during the run.
+        #[arg(long)]
+        checkpoint_interval: Option<u64>,
+        /// Where checkpoints go (default: a temporary directory).
+        #[arg(long)]
+        checkpoint_dir: Option<String>,
     },
+    /// One counter per key for many keys; size and duration of checkpoints.
+    State {
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        #[arg(long, short = 'p', default_value_t = 1)]
+        parallelism: usize,
+        /// Checkpoints to measure.
+        #[arg(long, default_value_t = 3)]
+        checkpoints: usize,
+        #[arg(long, default_value_t = 1000)]
+        checkpoint_interval: u64,
+        #[arg(long)]
+        checkpoint_dir: Option<String>,
+    },
+}
+
+/// A checkpoint directory for a benchmark: the given one, or a temporary one.
+fn bench_checkpoint_dir(
+    dir: &Option<String>,
+) -> Result<(String, Option<tempfile::TempDir>), String> {
+    match dir {
+        Some(d) => Ok((d.clone(), None)),
+        None => {
+            let t = tempfile::tempdir().map_err(|e| e.to_string())?;
+            Ok((t.path().to_string_lossy().into_owned(), Some(t)))
+        }
+    }
+}
+
+fn print_snapshots(snapshots: &[crate::runtime::SnapshotStats]) {
+    for s in snapshots {
+        println!(
+            "checkpoint {}: bytes={} ({:.1} MB) seconds={:.3} upload_seconds={:.3}",
+            s.id,
+            s.bytes,
+            s.bytes as f64 / 1e6,
+            s.duration.as_secs_f64(),
+            s.upload.as_secs_f64()
+        );
+    }
 }
 
 /// Rill's own options found among a job's arguments.
@@ -240,17 +286,33 @@ fn execute(cli: &Cli, catalog: &Catalog) -> Result<(), String> {
                     keys,
                     parallelism,
                     runs,
+                    checkpoint_interval,
+                    checkpoint_dir,
                 },
         } => {
-            println!("bench window: events={events} keys={keys} parallelism={parallelism}");
+            println!(
+                "bench window: events={events} keys={keys} parallelism={parallelism} \
+                 checkpoint_interval_ms={}",
+                checkpoint_interval.map_or("none".to_string(), |i| i.to_string())
+            );
             let mut best: Option<crate::bench::BenchResult> = None;
             for run in 1..=(*runs).max(1) {
-                let r = crate::bench::run_window(*events, *keys, *parallelism)
-                    .map_err(|e| e.to_string())?;
+                let (dir, _temp) = bench_checkpoint_dir(checkpoint_dir)?;
+                let checkpoints = checkpoint_interval.map(|ms| crate::bench::BenchCheckpoints {
+                    dir: format!("{dir}/run-{run}"),
+                    interval: std::time::Duration::from_millis(ms),
+                });
+                let r =
+                    crate::bench::run_window(*events, *keys, *parallelism, checkpoints.as_ref())
+                        .map_err(|e| e.to_string())?;
+                if checkpoints.is_some() {
+                    println!("run {run}: {} checkpoints", r.snapshots.len());
+                    print_snapshots(&r.snapshots);
+                }
                 if *runs > 1 {
                     println!("run {run}: seconds={:.3} rate={:.0}/s", r.seconds, r.rate());
                 }
-                if best.is_none_or(|b| r.seconds < b.seconds) {
+                if best.as_ref().is_none_or(|b| r.seconds < b.seconds) {
                     best = Some(r);
                 }
             }
@@ -261,6 +323,37 @@ fn execute(cli: &Cli, catalog: &Catalog) -> Result<(), String> {
                     b.seconds,
                     b.rate()
                 );
+            }
+            Ok(())
+        }
+        Command::Bench {
+            which:
+                Bench::State {
+                    keys,
+                    parallelism,
+                    checkpoints,
+                    checkpoint_interval,
+                    checkpoint_dir,
+                },
+        } => {
+            let (dir, _temp) = bench_checkpoint_dir(checkpoint_dir)?;
+            println!(
+                "bench state: keys={keys} parallelism={parallelism} backend=hashmap dir={dir}"
+            );
+            let r = crate::bench::run_state(
+                *keys,
+                *parallelism,
+                *checkpoints,
+                &crate::bench::BenchCheckpoints {
+                    dir,
+                    interval: std::time::Duration::from_millis(*checkpoint_interval),
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            println!("loaded {} keys in {:.3} s", r.keys, r.load_seconds);
+            print_snapshots(&r.snapshots);
+            if r.snapshots.is_empty() {
+                return Err("no checkpoint completed after loading".into());
             }
             Ok(())
         }
