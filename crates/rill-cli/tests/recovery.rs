@@ -351,3 +351,32 @@ fn checkpoints_to_s3_and_restores_from_there() {
     assert!(stderr.contains("restoring from checkpoint"), "{stderr}");
     assert_same(&f.output("out"), &expected, "restored from S3");
 }
+
+#[test]
+fn restoring_from_nothing_or_from_damage_only_is_a_clear_error() {
+    let f = Fixture::new(1_000, 19);
+    let missing = f.path("no-such-checkpoints");
+    let o = f
+        .command("out", 1, &args(&["--restore", missing.to_str().unwrap()]))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(stderr.contains("no-such-checkpoints"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // A checkpoint directory whose only checkpoint is damaged.
+    let chk = f.path("ck").join(JOB).join("chk-1");
+    std::fs::create_dir_all(&chk).unwrap();
+    std::fs::write(chk.join("_metadata"), "{ not json").unwrap();
+    let mut extra = args(&["--restore"]);
+    extra.push(f.path("ck").join(JOB).to_str().unwrap().into());
+    let o = f.command("out", 1, &extra).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("chk-1"),
+        "the damaged checkpoint is named: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -543,4 +543,132 @@ mod tests {
             .to_string();
         assert!(err.contains("/nonexistent/rill/input.txt"), "{err}");
     }
+
+    fn read(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    fn part_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".part-"))
+            .count()
+    }
+
+    fn transactional(path: &Path, restored: Vec<&[u8]>) -> Box<dyn SinkWriter<String>> {
+        let mut w = TextFileSink::new(path, String::clone).writer(0, 1).unwrap();
+        w.begin_transactions(restored).unwrap();
+        w
+    }
+
+    #[test]
+    fn output_is_visible_only_after_its_checkpoint_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.csv");
+        let mut w = transactional(&path, vec![]);
+        w.write("a".into(), 0).unwrap();
+        let state1 = w.prepare_commit(1).unwrap().expect("a transaction state");
+        w.write("b".into(), 0).unwrap();
+        w.flush().unwrap();
+        assert_eq!(read(&path), "", "nothing is visible before completion");
+        w.commit(1).unwrap();
+        assert_eq!(read(&path), "a\n", "only checkpoint 1's part is published");
+        let _state2 = w.prepare_commit(2).unwrap();
+        w.write("c".into(), 0).unwrap();
+        w.flush().unwrap();
+
+        // The job fails here; a new attempt restores checkpoint 1: "b" and
+        // "c" are discarded (they will be produced again), "a" stays once.
+        let mut w = transactional(&path, vec![&state1]);
+        assert_eq!(read(&path), "a\n");
+        assert_eq!(
+            part_files(dir.path()),
+            0,
+            "parts of the failed attempt are gone"
+        );
+        w.write("b".into(), 0).unwrap();
+        w.finish().unwrap();
+        assert_eq!(read(&path), "a\nb\n");
+    }
+
+    #[test]
+    fn a_commit_interrupted_by_a_crash_is_completed_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.csv");
+        let mut w = transactional(&path, vec![]);
+        w.write("a".into(), 0).unwrap();
+        w.prepare_commit(1).unwrap();
+        w.commit(1).unwrap();
+        w.write("b".into(), 0).unwrap();
+        w.write("c".into(), 0).unwrap();
+        let state2 = w.prepare_commit(2).unwrap().unwrap();
+        // Checkpoint 2 completed, but the process died before the sink
+        // published its part: on restore the part is appended now.
+        drop(w);
+        let w = transactional(&path, vec![&state2]);
+        assert_eq!(read(&path), "a\nb\nc\n");
+        drop(w);
+        // Restoring the same checkpoint again (another failure) must not
+        // append the part a second time.
+        let _w = transactional(&path, vec![&state2]);
+        assert_eq!(read(&path), "a\nb\nc\n");
+        // A file shorter than what the checkpoint committed is an error.
+        std::fs::write(&path, "").unwrap();
+        let mut w = TextFileSink::new(&path, String::clone)
+            .writer(0, 1)
+            .unwrap();
+        let err = w.begin_transactions(vec![&state2]).unwrap_err().to_string();
+        assert!(err.contains("shorter"), "{err}");
+    }
+
+    #[test]
+    fn damaged_sink_state_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = TextFileSink::new(dir.path().join("o"), String::clone)
+            .writer(0, 1)
+            .unwrap();
+        assert!(w.begin_transactions(vec![&[1, 2, 3]]).is_err());
+    }
+
+    #[test]
+    fn file_source_resumes_at_its_checkpointed_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.txt");
+        std::fs::write(
+            &path,
+            (1..=3000).map(|i| format!("{i}\n")).collect::<String>(),
+        )
+        .unwrap();
+        let src = TextFileSource::parsed(&path, |l, _| {
+            l.parse::<i64>().map(Some).map_err(|e| e.to_string())
+        });
+        let mut first = src.create(0, 1).unwrap();
+        let mut out = VecOutput::default();
+        first.poll(&mut SourceOutput::new(&mut out)).unwrap();
+        let position = first.snapshot().unwrap().unwrap();
+        let read_before = out.records.len();
+        assert!(read_before > 0 && read_before < 3000);
+
+        let mut resumed = src.create(0, 1).unwrap();
+        resumed.restore(&position).unwrap();
+        let mut rest = VecOutput::default();
+        while resumed.poll(&mut SourceOutput::new(&mut rest)).unwrap() != SourcePoll::Finished {}
+        let all: Vec<i64> = out
+            .records
+            .iter()
+            .chain(&rest.records)
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(
+            all,
+            (1..=3000).collect::<Vec<_>>(),
+            "no line lost or repeated"
+        );
+
+        std::fs::write(&path, "1\n").unwrap();
+        let mut shorter = src.create(0, 1).unwrap();
+        let err = shorter.restore(&position).unwrap_err().to_string();
+        assert!(err.contains("replaced"), "{err}");
+    }
 }

@@ -302,7 +302,10 @@ impl LocalExecutor {
             if self.control.cancel.load(Ordering::SeqCst) {
                 return Err(error);
             }
-            let random = (Instant::now().elapsed().subsec_nanos() % 1000) as f64 / 1000.0;
+            // Jitter only needs to differ between processes and restarts.
+            let random = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.5, |d| f64::from(d.subsec_nanos() % 1000) / 1000.0);
             let Some(delay) = tracker.on_failure(Instant::now(), attempt_started.elapsed(), random)
             else {
                 return Err(error);
@@ -409,10 +412,8 @@ impl LocalExecutor {
                         stop_savepoint = Some(id);
                     }
                     None => {
-                        self.control
-                            .stop_with_savepoint
-                            .store(false, Ordering::SeqCst);
-                        tracing::warn!("cannot stop with a savepoint: the job is finishing");
+                        tracing::warn!("cannot take a final savepoint: the job is finishing");
+                        self.control.cancel();
                     }
                 }
             }
@@ -481,6 +482,9 @@ impl LocalExecutor {
                             }
                             Err(e) => {
                                 tracing::warn!(checkpoint = id, error = %e, "snapshot not written");
+                                if stop_savepoint == Some(id) {
+                                    self.control.cancel();
+                                }
                                 decline(
                                     &mut savepoint_replies,
                                     &mut stop_savepoint,
@@ -503,9 +507,9 @@ impl LocalExecutor {
                             tracing::warn!(checkpoint = id, ?kind, %reason, "snapshot declined");
                         }
                         if stop_savepoint == Some(id) {
-                            self.control
-                                .stop_with_savepoint
-                                .store(false, Ordering::SeqCst);
+                            // The user asked the job to stop: it stops, without a savepoint.
+                            tracing::warn!(%reason, "final savepoint failed; cancelling the job");
+                            self.control.cancel();
                         }
                         decline(&mut savepoint_replies, &mut stop_savepoint, id, reason);
                     }
