@@ -380,3 +380,61 @@ fn restoring_from_nothing_or_from_damage_only_is_a_clear_error() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn rill_savepoint_and_rill_stop_reach_a_running_local_job() {
+    let f = Fixture::new(60_000, 23);
+    let expected = f.reference();
+    let control_dir = f.path("control");
+    std::fs::create_dir_all(&control_dir).unwrap();
+    let mut extra = args(&["--rate", "30000", "--job-id", "savepoint-cli-test"]);
+    extra.extend(args(&["--checkpoint-interval", "100", "--checkpoint-dir"]));
+    extra.push(f.path("checkpoints").to_str().unwrap().into());
+    let child = f
+        .command("out", 2, &extra)
+        .env("RILL_CONTROL_DIR", &control_dir)
+        .spawn()
+        .unwrap();
+    let cli = |what: &str| {
+        Command::new(env!("CARGO_BIN_EXE_rill"))
+            .args([what, "savepoint-cli-test"])
+            .env("RILL_CONTROL_DIR", &control_dir)
+            .output()
+            .unwrap()
+    };
+    let started = Instant::now();
+    let location = loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let o = cli("savepoint");
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        if let Some(l) = stdout.lines().find_map(|l| l.strip_prefix("savepoint: ")) {
+            break l.to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no savepoint: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let dir = location.strip_prefix("file://").unwrap_or(&location);
+    assert!(Path::new(dir).join("_metadata").is_file(), "{location}");
+    let o = cli("stop");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = wait_with_timeout(child, Duration::from_secs(30));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("savepoint: "));
+    let o = cli("savepoint");
+    assert!(!o.status.success(), "the job is gone");
+
+    // The savepoint taken while the job kept running restores exactly.
+    let o = f
+        .command("out", 3, &args(&["--restore", &location]))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same(
+        &f.output("out"),
+        &expected,
+        "restored from `rill savepoint`",
+    );
+}

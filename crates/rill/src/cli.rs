@@ -48,6 +48,11 @@ enum Command {
     },
     /// List the jobs compiled into this binary.
     Entries,
+    /// Take a savepoint of a job running locally (`rill run`), by job id
+    /// (the entry name unless `--job-id` was given).
+    Savepoint { job_id: String },
+    /// Stop a job running locally with a final savepoint.
+    Stop { job_id: String },
     /// Benchmarks that print events per second.
     Bench {
         #[command(subcommand)]
@@ -233,6 +238,16 @@ fn execute(cli: &Cli, catalog: &Catalog) -> Result<(), String> {
     // Validate the configuration for every command, so typos never pass silently.
     configuration(cli, &[], None)?;
     match &cli.command {
+        Command::Savepoint { job_id } => {
+            let location = crate::control::request(job_id, "savepoint")?;
+            println!("savepoint: {location}");
+            Ok(())
+        }
+        Command::Stop { job_id } => {
+            crate::control::request(job_id, "stop")?;
+            eprintln!("job '{job_id}' is stopping with a savepoint");
+            Ok(())
+        }
         Command::Entries => {
             for name in catalog.names() {
                 println!("{name}");
@@ -251,6 +266,18 @@ fn execute(cli: &Cli, catalog: &Catalog) -> Result<(), String> {
                 return Ok(());
             }
             let executor = crate::executor_for(&config).map_err(|e| e.to_string())?;
+            let job_id = config
+                .get("$internal.pipeline.job-id")
+                .unwrap_or(entry.name)
+                .to_string();
+            let _control_server =
+                match crate::control::ControlServer::start(&job_id, executor.control()) {
+                    Ok(server) => Some(server),
+                    Err(e) => {
+                        eprintln!("warning: `rill savepoint` cannot reach this job: {e}");
+                        None
+                    }
+                };
             let control = executor.control();
             let on_signal = move || {
                 if split.savepoint_on_exit {

@@ -23,6 +23,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod control;
 
 pub use rill_api as api;
 pub use rill_api::{catalog, Catalog, JobArgs, JobEntry};
