@@ -204,11 +204,9 @@ fn savepoint_at_parallelism_2_restores_at_1_and_4() {
     extra.push(savepoints.to_str().unwrap().into());
     let child = f.command("out", 2, &extra).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(900));
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    // SAFETY: signals a child process this test started and still owns.
+    let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(sent, 0, "SIGTERM delivered");
     let o = wait_with_timeout(child, Duration::from_secs(30));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
