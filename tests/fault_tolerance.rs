@@ -1,7 +1,9 @@
 //! Exactly-once under injected task failures: a job with windows, keyed
 //! state and timers, and two-phase-commit file sinks fails several times at
 //! random points, restarts from its latest checkpoint each time, and its
-//! committed output equals the failure-free output record for record.
+//! committed output equals the failure-free output record for record, with
+//! keyed state on either state backend (the failure-free reference always
+//! runs on the heap backend, so RocksDB is also checked against it).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -163,6 +165,7 @@ fn run(
     injector: Option<Injector>,
     checkpoints: Option<&Path>,
     rate: f64,
+    backend: &str,
 ) -> Run {
     let out = dir.join(if injector.is_some() {
         "failing"
@@ -173,6 +176,7 @@ fn run(
     config
         .set("parallelism.default", parallelism.to_string())
         .unwrap();
+    config.set("state.backend.type", backend).unwrap();
     if let Some(ck) = checkpoints {
         config
             .set("state.checkpoints.dir", ck.to_str().unwrap())
@@ -214,11 +218,11 @@ fn run(
     }
 }
 
-fn failures_match_the_clean_run(parallelism: usize, seed: u64) {
+fn failures_match_the_clean_run(parallelism: usize, seed: u64, backend: &str) {
     let dir = tempfile::tempdir().unwrap();
     let records = 60_000;
     write_input(&dir.path().join("in.csv"), records, seed);
-    let clean = run(dir.path(), parallelism, None, None, 1e9);
+    let clean = run(dir.path(), parallelism, None, None, 1e9, "hashmap");
     assert!(clean.sums.len() > 1000 && clean.counts.len() > 1000);
 
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed);
@@ -245,6 +249,7 @@ fn failures_match_the_clean_run(parallelism: usize, seed: u64) {
         Some(injector.clone()),
         Some(&checkpoints),
         60_000.0,
+        backend,
     );
     assert!(
         injector.thresholds.lock().unwrap().is_empty(),
@@ -260,7 +265,7 @@ fn failures_match_the_clean_run(parallelism: usize, seed: u64) {
         injector.seen.load(Ordering::SeqCst) > records as u64,
         "records after the last checkpoint were replayed"
     );
-    let context = format!("seed {seed}, p={parallelism}, failures at {thresholds:?}");
+    let context = format!("seed {seed}, p={parallelism}, {backend}, failures at {thresholds:?}");
     assert_same("window sums", &failing.sums, &clean.sums, &context);
     assert_same("keyed counts", &failing.counts, &clean.counts, &context);
 }
@@ -298,13 +303,17 @@ fn assert_same(what: &str, actual: &[String], expected: &[String], context: &str
 #[test]
 fn injected_failures_lose_and_duplicate_nothing_at_parallelism_1() {
     for seed in [1, 2] {
-        failures_match_the_clean_run(1, seed);
+        for backend in ["hashmap", "rocksdb"] {
+            failures_match_the_clean_run(1, seed, backend);
+        }
     }
 }
 
 #[test]
 fn injected_failures_lose_and_duplicate_nothing_at_parallelism_3() {
     for seed in [3, 4] {
-        failures_match_the_clean_run(3, seed);
+        for backend in ["hashmap", "rocksdb"] {
+            failures_match_the_clean_run(3, seed, backend);
+        }
     }
 }

@@ -1,9 +1,27 @@
-//! Keyed state and timers give the same per-key results at every parallelism.
+//! Keyed state and timers give the same per-key results at every parallelism,
+//! on both state backends.
 
 use std::collections::BTreeMap;
 
+use rill::api::{Configuration, StreamEnv};
 use rill::prelude::*;
-use rill_tests::{collect, env, execute};
+use rill_tests::{collect, env};
+
+/// Every scenario runs on each state backend.
+const BACKENDS: [&str; 2] = ["hashmap", "rocksdb"];
+
+/// Runs the graph built in `env` to completion with keyed state on `backend`.
+fn execute(env: &StreamEnv, backend: &str) -> Result<(), String> {
+    let mut config = Configuration::new();
+    config
+        .set("state.backend.type", backend)
+        .map_err(|e| e.to_string())?;
+    let options = rill::job_options(&config, "test").map_err(|e| e.to_string())?;
+    rill::runtime::LocalExecutor::new()
+        .run_with(&env.graph(), &options)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
 
 /// Per key: a count (value), the last three values (list), a histogram
 /// (map), the maximum (reducing) and the mean (aggregating) — reported by an
@@ -134,7 +152,7 @@ fn expected() -> Vec<Out> {
 
 #[test]
 fn keyed_state_and_timers_are_correct_at_parallelism_1_2_4() {
-    for parallelism in [1, 2, 4] {
+    for (backend, parallelism) in BACKENDS.iter().flat_map(|b| [1, 2, 4].map(|p| (*b, p))) {
         let env = env(parallelism);
         let source = env
             .from_source(
@@ -148,17 +166,17 @@ fn keyed_state_and_timers_are_correct_at_parallelism_1_2_4() {
             .key_by(|r: &(u32, i64, i64)| r.0)
             .process(Summary::new());
         let seen = collect(&summaries);
-        execute(&env).unwrap();
+        execute(&env, backend).unwrap();
         let mut got = seen.lock().unwrap().clone();
         got.sort();
         // Each key's single timer fires once, at the end of input.
-        assert_eq!(got, expected(), "parallelism {parallelism}");
+        assert_eq!(got, expected(), "parallelism {parallelism}, {backend}");
     }
 }
 
 #[test]
 fn rolling_reduce_is_per_key_at_any_parallelism() {
-    for parallelism in [1, 3] {
+    for (backend, parallelism) in BACKENDS.iter().flat_map(|b| [1, 3].map(|p| (*b, p))) {
         let env = env(parallelism);
         let sums = env
             .from_collection((0..1000u64).collect())
@@ -167,7 +185,7 @@ fn rolling_reduce_is_per_key_at_any_parallelism() {
             .key_by(|(k, _): &(u64, u64)| *k)
             .reduce(|(k, a), (_, b)| (k, a + b));
         let seen = collect(&sums);
-        execute(&env).unwrap();
+        execute(&env, backend).unwrap();
         let mut finals: BTreeMap<u64, u64> = BTreeMap::new();
         let mut updates = 0;
         for (k, s) in seen.lock().unwrap().iter() {
@@ -175,10 +193,13 @@ fn rolling_reduce_is_per_key_at_any_parallelism() {
             *e = (*e).max(*s);
             updates += 1;
         }
-        assert_eq!(updates, 1000, "one update per record");
+        assert_eq!(updates, 1000, "one update per record ({backend})");
         for k in 0..10 {
             let expected: u64 = (0..1000).filter(|v| v % 10 == k).sum();
-            assert_eq!(finals[&k], expected, "key {k} at parallelism {parallelism}");
+            assert_eq!(
+                finals[&k], expected,
+                "key {k} at parallelism {parallelism}, {backend}"
+            );
         }
     }
 }
@@ -204,6 +225,12 @@ impl KeyedProcessFunction<u8, u8, (u8, i64)> for Delay {
 
 #[test]
 fn processing_time_timers_fire_on_the_wall_clock() {
+    for backend in BACKENDS {
+        processing_time_timers_fire_on(backend);
+    }
+}
+
+fn processing_time_timers_fire_on(backend: &str) {
     // A slow source keeps the job alive while the timers fire.
     let env = env(2);
     let started = rill::api::time::now_ms();
@@ -217,10 +244,79 @@ fn processing_time_timers_fire_on_the_wall_clock() {
         .key_by(|v: &u8| *v)
         .process(Delay);
     let seen = collect(&fired);
-    execute(&env).unwrap();
+    execute(&env, backend).unwrap();
     let seen = seen.lock().unwrap();
-    assert!(!seen.is_empty(), "timers fired before the source ended");
+    assert!(
+        !seen.is_empty(),
+        "timers fired before the source ended ({backend})"
+    );
     for (_, ts) in seen.iter() {
-        assert!(*ts >= started + 30, "a timer fired before its time");
+        assert!(
+            *ts >= started + 30,
+            "a timer fired before its time ({backend})"
+        );
     }
+}
+
+#[test]
+fn state_backend_configuration_is_checked_at_job_start() {
+    let options = |pairs: &[(&str, &str)]| {
+        let mut config = Configuration::new();
+        for (k, v) in pairs {
+            config.set(k, *v).unwrap();
+        }
+        rill::job_options(&config, "test").map(|o| o.state_backend)
+    };
+    assert_eq!(options(&[]).unwrap().name(), "hashmap");
+    assert_eq!(
+        options(&[("state.backend.type", "RocksDB")])
+            .unwrap()
+            .name(),
+        "rocksdb"
+    );
+    let err = options(&[("state.backend.type", "memory")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown state backend 'memory'"), "{err}");
+    let err = options(&[
+        ("state.backend.type", "rocksdb"),
+        ("state.backend.incremental", "true"),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("not supported yet"), "{err}");
+}
+
+#[test]
+fn rocksdb_state_lives_under_the_configured_local_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("rocks");
+    let mut config = Configuration::new();
+    config.set("state.backend.type", "rocksdb").unwrap();
+    config
+        .set("state.backend.rocksdb.localdir", local.to_str().unwrap())
+        .unwrap();
+    let options = rill::job_options(&config, "test").unwrap();
+    let env = env(2);
+    let sums = env
+        .from_collection((0..200u64).collect())
+        .map(|v| (v % 7, v))
+        .key_by(|(k, _): &(u64, u64)| *k)
+        .reduce(|(k, a), (_, b)| (k, a + b));
+    let seen = collect(&sums);
+    rill::runtime::LocalExecutor::new()
+        .run_with(&env.graph(), &options)
+        .unwrap();
+    let mut finals: BTreeMap<u64, u64> = BTreeMap::new();
+    for (k, s) in seen.lock().unwrap().iter() {
+        let e = finals.entry(*k).or_default();
+        *e = (*e).max(*s);
+    }
+    for k in 0..7 {
+        let expected: u64 = (0..200).filter(|v| v % 7 == k).sum();
+        assert_eq!(finals[&k], expected, "key {k}");
+    }
+    // The per-subtask databases were created there and removed at the end.
+    assert!(local.is_dir(), "the local dir was created");
+    assert_eq!(std::fs::read_dir(&local).unwrap().count(), 0);
 }

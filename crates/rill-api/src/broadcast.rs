@@ -118,7 +118,7 @@ impl<T: Data, B: Data, K: Key> BroadcastConnectedStream<T, B, K> {
                 move |info: &SubtaskInfo, out, side| {
                     let now = crate::time::now_ms();
                     let (watermark, state) = restored_broadcast(info)?;
-                    let mut store = KeyedStateStore::new();
+                    let mut store = crate::keyed::open_store(info)?;
                     let mut timers = TimerService::default();
                     crate::keyed::restore_keyed(&mut store, &mut timers, info)?;
                     Ok(Box::new(KeyedBroadcastOperator {

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use rill_state::StateBackend;
 
 /// Checkpoint ids increase by one per triggered checkpoint.
 pub type CheckpointId = u64;
@@ -103,6 +104,8 @@ pub struct CheckpointContext {
     pub snapshots: SnapshotBuffer,
     /// The state the job was restored from, if any.
     pub restored: Option<Arc<RestoredState>>,
+    /// Where keyed operators keep their state (`state.backend.type`).
+    pub state_backend: StateBackend,
 }
 
 impl CheckpointContext {

@@ -101,6 +101,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "incremental RocksDB checkpoints",
     ),
     (
+        "state.backend.rocksdb.localdir",
+        "",
+        "parent directory of the per-subtask RocksDB directories (default: temp dir)",
+    ),
+    (
         "restart-strategy.type",
         "",
         "none, fixed-delay, exponential-delay or failure-rate",

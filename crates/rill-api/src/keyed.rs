@@ -233,6 +233,16 @@ pub(crate) fn key_group_of<K: Key>(key: &K, max_parallelism: usize) -> usize {
     rill_state::key_group::key_group_for_hash(rill_state::hash_key(key), max_parallelism)
 }
 
+/// A keyed state store for subtask `info`, on the job's state backend.
+pub(crate) fn open_store<K: Key>(info: &SubtaskInfo) -> Result<KeyedStateStore<K>> {
+    let label = format!("{}-{}", info.uid, info.index);
+    Ok(KeyedStateStore::open(
+        &info.checkpoint.state_backend,
+        info.max_parallelism,
+        &label,
+    )?)
+}
+
 /// Loads the keyed state and timers of the key groups `info` owns.
 pub(crate) fn restore_keyed<K: Key>(
     store: &mut KeyedStateStore<K>,
@@ -323,6 +333,8 @@ where
     /// Takes part in checkpoints as subtask `info`, starting from its share
     /// of the restored state (state and timers of the key groups it owns).
     pub fn checkpointed(mut self, info: &SubtaskInfo) -> Result<Self> {
+        self.store = open_store(info)?;
+        self.store.advance_time(self.processing_time);
         restore_keyed(&mut self.store, &mut self.timers, info)?;
         if let Some(wm) = restored_watermark(info)? {
             self.watermark = wm;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use rill_api::checkpoint::{
     CheckpointContext, CheckpointId, RestoredOperator, RestoredState, SnapshotBuffer, Snapshotted,
+    StateBackend,
 };
 use rill_api::exec::{FailureSlot, Progress, SubtaskInfo, TaskInput, CHANNEL_CAPACITY};
 use rill_api::function::SideOutputs;
@@ -62,6 +63,8 @@ pub struct JobOptions {
     /// Ignore restored state of operators the job no longer has.
     pub allow_non_restored_state: bool,
     pub restart: RestartStrategy,
+    /// Where keyed state lives (`state.backend.type`).
+    pub state_backend: StateBackend,
 }
 
 impl Default for JobOptions {
@@ -74,6 +77,7 @@ impl Default for JobOptions {
             restore: None,
             allow_non_restored_state: false,
             restart: RestartStrategy::None,
+            state_backend: StateBackend::HashMap,
         }
     }
 }
@@ -178,6 +182,7 @@ struct Wiring<'g> {
     consumers: Vec<Vec<Vec<(usize, usize, usize)>>>,
     checkpointing: bool,
     restored: Option<Arc<RestoredState>>,
+    state_backend: StateBackend,
 }
 
 /// What one task shares with the operators of its chain.
@@ -341,7 +346,13 @@ impl LocalExecutor {
         if let Some(r) = &restored {
             tracing::info!(job = %graph.name, checkpoint = r.checkpoint, "restoring state");
         }
-        let tasks = Wiring::new(graph, checkpointing, restored).build_tasks()?;
+        let tasks = Wiring::new(
+            graph,
+            checkpointing,
+            restored,
+            options.state_backend.clone(),
+        )
+        .build_tasks()?;
         let count = tasks.len();
         tracing::info!(job = %graph.name, tasks = count, "job running");
         let cancel = Arc::new(AtomicBool::new(false));
@@ -806,7 +817,12 @@ fn run_task(
 }
 
 impl<'g> Wiring<'g> {
-    fn new(graph: &'g JobGraph, checkpointing: bool, restored: Option<Arc<RestoredState>>) -> Self {
+    fn new(
+        graph: &'g JobGraph,
+        checkpointing: bool,
+        restored: Option<Arc<RestoredState>>,
+        state_backend: StateBackend,
+    ) -> Self {
         let plan = Plan::of(graph);
         let mut consumers: Vec<Vec<Vec<(usize, usize, usize)>>> = graph
             .nodes
@@ -861,6 +877,7 @@ impl<'g> Wiring<'g> {
             consumers,
             checkpointing,
             restored,
+            state_backend,
         }
     }
 
@@ -878,6 +895,7 @@ impl<'g> Wiring<'g> {
                 enabled: self.checkpointing,
                 snapshots: shared.snapshots.clone(),
                 restored: self.restored.clone(),
+                state_backend: self.state_backend.clone(),
             },
         }
     }

@@ -1,4 +1,4 @@
-//! Keyed state handles and the heap store behind them.
+//! Keyed state handles and the store behind them (heap or RocksDB tables).
 //!
 //! A function declares its state as named handles when it is constructed, for
 //! example `ValueState::<u64>::new("count")`. The runtime keeps one
@@ -23,7 +23,8 @@ use rustc_hash::FxHashMap;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::key_group::{hash_key, key_group_for_hash};
-use crate::{codec, AggregateFunction, StateError};
+use crate::rocks::RocksTables;
+use crate::{codec, AggregateFunction, StateBackend, StateError};
 
 /// What a state value must be: owned, sendable and serialisable (snapshots).
 pub trait StateValue: Send + Serialize + DeserializeOwned + 'static {}
@@ -135,13 +136,24 @@ impl<K: StateKey, S: StateValue> ErasedTable<K> for Table<K, S> {
     }
 }
 
-/// The keyed state of one operator subtask, on the heap.
+/// Where a store's tables live.
+enum Backend<K> {
+    Heap {
+        tables: Vec<Box<dyn ErasedTable<K>>>,
+        by_name: HashMap<String, usize>,
+    },
+    Rocks(Box<RocksTables>),
+}
+
+/// The keyed state of one operator subtask, on the heap or in RocksDB.
 pub struct KeyedStateStore<K> {
-    tables: Vec<Box<dyn ErasedTable<K>>>,
-    by_name: HashMap<String, usize>,
+    backend: Backend<K>,
     /// Restored tables no handle has asked for yet: name → (key group, entries).
     pending: HashMap<String, Vec<(usize, Vec<u8>)>>,
     current_key: Option<K>,
+    /// The current key as a RocksDB key (key-group prefix + encoding),
+    /// computed on first use after the key changes.
+    current_db_key: Option<Vec<u8>>,
     now: i64,
     last_sweep: i64,
     failure: Option<StateError>,
@@ -153,22 +165,87 @@ impl<K: StateKey> Default for KeyedStateStore<K> {
     }
 }
 
+fn note(failure: &mut Option<StateError>, error: StateError) {
+    failure.get_or_insert(error);
+}
+
 impl<K: StateKey> KeyedStateStore<K> {
+    /// A store on the heap.
     pub fn new() -> Self {
-        Self {
+        Self::with(Backend::Heap {
             tables: Vec::new(),
             by_name: HashMap::new(),
+        })
+    }
+
+    /// A store on `backend` for a subtask whose keys fall into
+    /// `max_parallelism` key groups; `label` names its local directory
+    /// (RocksDB), which is removed when the store is dropped.
+    pub fn open(
+        backend: &StateBackend,
+        max_parallelism: usize,
+        label: &str,
+    ) -> Result<Self, StateError> {
+        Ok(match backend {
+            StateBackend::HashMap => Self::new(),
+            StateBackend::RocksDb(options) => Self::with(Backend::Rocks(Box::new(
+                RocksTables::open(options, max_parallelism, label)?,
+            ))),
+        })
+    }
+
+    fn with(backend: Backend<K>) -> Self {
+        Self {
+            backend,
             pending: HashMap::new(),
             current_key: None,
+            current_db_key: None,
             now: 0,
             last_sweep: 0,
             failure: None,
         }
     }
 
+    /// The backend's configuration name (`hashmap` or `rocksdb`).
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Heap { .. } => "hashmap",
+            Backend::Rocks(_) => "rocksdb",
+        }
+    }
+
+    /// The local directory of a RocksDB store.
+    pub fn local_dir(&self) -> Option<&std::path::Path> {
+        match &self.backend {
+            Backend::Heap { .. } => None,
+            Backend::Rocks(db) => Some(db.path()),
+        }
+    }
+
+    /// Bytes the store occupies on local disk (RocksDB; 0 on the heap),
+    /// after writing its memtables out.
+    pub fn local_size_bytes(&self) -> Result<u64, StateError> {
+        match &self.backend {
+            Backend::Heap { .. } => Ok(0),
+            Backend::Rocks(db) => {
+                db.flush()?;
+                Ok(crate::rocks::directory_size(db.path()))
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn rocks(&self) -> Option<&RocksTables> {
+        match &self.backend {
+            Backend::Rocks(db) => Some(db),
+            Backend::Heap { .. } => None,
+        }
+    }
+
     /// Points every handle at `key` until the next call.
     pub fn set_current_key(&mut self, key: K) {
         self.current_key = Some(key);
+        self.current_db_key = None;
     }
 
     pub fn current_key(&self) -> Option<&K> {
@@ -181,31 +258,52 @@ impl<K: StateKey> KeyedStateStore<K> {
         self.now = now_ms;
         if now_ms - self.last_sweep >= 1000 {
             self.last_sweep = now_ms;
-            for t in &mut self.tables {
-                t.purge_expired(now_ms);
+            match &mut self.backend {
+                Backend::Heap { tables, .. } => {
+                    for t in tables {
+                        t.purge_expired(now_ms);
+                    }
+                }
+                Backend::Rocks(db) => {
+                    if let Err(e) = db.purge_expired(now_ms) {
+                        note(&mut self.failure, e);
+                    }
+                }
             }
         }
     }
 
-    /// Number of live entries in the named table (for tests and metrics).
+    /// Number of stored entries in the named table (for tests and metrics).
     pub fn entries(&self, name: &str) -> usize {
-        self.by_name.get(name).map_or(0, |&i| self.tables[i].len())
+        match &self.backend {
+            Backend::Heap { tables, by_name } => by_name.get(name).map_or(0, |&i| tables[i].len()),
+            Backend::Rocks(db) => db
+                .table_index(name)
+                .and_then(|i| db.count(i).ok())
+                .unwrap_or(0),
+        }
     }
 
-    /// The first misuse recorded by a handle (a name used with two types).
-    /// The operator turns it into a task failure.
+    /// The first misuse recorded by a handle (a name used with two types)
+    /// or the first storage failure. The operator turns it into a task failure.
     pub fn take_failure(&mut self) -> Option<StateError> {
         self.failure.take()
     }
 
     /// The store's state, one encoded blob per key group (for redistribution).
+    /// Both backends write the same format.
     pub fn snapshot(&self, max_parallelism: usize) -> Result<Vec<(usize, Vec<u8>)>, StateError> {
         let mut groups: std::collections::BTreeMap<usize, Vec<(&str, Vec<u8>)>> =
             Default::default();
-        for (name, &i) in &self.by_name {
-            for (kg, bytes) in self.tables[i].snapshot(self.now, max_parallelism)? {
-                groups.entry(kg).or_default().push((name, bytes));
+        match &self.backend {
+            Backend::Heap { tables, by_name } => {
+                for (name, &i) in by_name {
+                    for (kg, bytes) in tables[i].snapshot(self.now, max_parallelism)? {
+                        groups.entry(kg).or_default().push((name, bytes));
+                    }
+                }
             }
+            Backend::Rocks(db) => db.snapshot::<K>(self.now, max_parallelism, &mut groups)?,
         }
         for (name, parts) in &self.pending {
             for (kg, bytes) in parts {
@@ -218,23 +316,27 @@ impl<K: StateKey> KeyedStateStore<K> {
             .collect()
     }
 
+    fn is_bound(&self, name: &str) -> bool {
+        match &self.backend {
+            Backend::Heap { by_name, .. } => by_name.contains_key(name),
+            Backend::Rocks(db) => db.table_index(name).is_some(),
+        }
+    }
+
     /// Adds a key group's blob from a snapshot. Tables are decoded when a
     /// handle first asks for them (only the handle knows the value type).
     pub fn restore(&mut self, key_group: usize, blob: &[u8]) -> Result<(), StateError> {
         let tables: Vec<(String, Vec<u8>)> = codec::decode(blob)?;
         for (name, bytes) in tables {
-            match self.by_name.get(&name) {
-                Some(_) => {
-                    return Err(StateError::Corrupt(format!(
-                        "state '{name}' restored after it was first used"
-                    )))
-                }
-                None => self
-                    .pending
-                    .entry(name)
-                    .or_default()
-                    .push((key_group, bytes)),
+            if self.is_bound(&name) {
+                return Err(StateError::Corrupt(format!(
+                    "state '{name}' restored after it was first used"
+                )));
             }
+            self.pending
+                .entry(name)
+                .or_default()
+                .push((key_group, bytes));
         }
         Ok(())
     }
@@ -245,10 +347,13 @@ impl<K: StateKey> KeyedStateStore<K> {
         slot: &AtomicUsize,
         ttl: Option<StateTtl>,
     ) -> Option<&mut Table<K, S>> {
+        let Backend::Heap { tables, by_name } = &mut self.backend else {
+            return None;
+        };
         let index = match slot.load(Ordering::Relaxed) {
-            i if i < self.tables.len() => i,
+            i if i < tables.len() => i,
             _ => {
-                let i = match self.by_name.get(name) {
+                let i = match by_name.get(name) {
                     Some(&i) => i,
                     None => {
                         let mut table = Table::<K, S> {
@@ -262,16 +367,16 @@ impl<K: StateKey> KeyedStateStore<K> {
                                 )));
                             }
                         }
-                        self.tables.push(Box::new(table));
-                        self.by_name.insert(name.to_string(), self.tables.len() - 1);
-                        self.tables.len() - 1
+                        tables.push(Box::new(table));
+                        by_name.insert(name.to_string(), tables.len() - 1);
+                        tables.len() - 1
                     }
                 };
                 slot.store(i, Ordering::Relaxed);
                 i
             }
         };
-        let table = &mut self.tables[index];
+        let table = &mut tables[index];
         let existing = table.type_name();
         match table.as_any_mut().downcast_mut::<Table<K, S>>() {
             Some(t) => Some(t),
@@ -286,13 +391,135 @@ impl<K: StateKey> KeyedStateStore<K> {
         }
     }
 
-    /// Runs `f` on the current key's entry of a table, if it is live.
-    fn read<S: StateValue, R>(
+    /// The RocksDB table of a handle, created (and filled from restored
+    /// state) on first use, after checking the value type.
+    fn rocks_table<S: StateValue>(&mut self, handle: &Handle) -> Option<usize> {
+        let Backend::Rocks(db) = &mut self.backend else {
+            return None;
+        };
+        let name = handle.name;
+        let cached = handle.slot.load(Ordering::Relaxed);
+        let index = match db.table(cached) {
+            Some(t) if t.name == name => cached,
+            _ => {
+                let i = match db.table_index(name) {
+                    Some(i) => i,
+                    None => {
+                        let i = match db.create_table(name, std::any::type_name::<S>(), handle.ttl)
+                        {
+                            Ok(i) => i,
+                            Err(e) => {
+                                note(&mut self.failure, e);
+                                return None;
+                            }
+                        };
+                        for (_, bytes) in self.pending.remove(name).unwrap_or_default() {
+                            if let Err(e) = db.load::<K, S>(i, &bytes) {
+                                note(
+                                    &mut self.failure,
+                                    StateError::Corrupt(format!("state '{name}': {e}")),
+                                );
+                            }
+                        }
+                        i
+                    }
+                };
+                handle.slot.store(i, Ordering::Relaxed);
+                i
+            }
+        };
+        let existing = db.table(index)?.type_name;
+        if existing != std::any::type_name::<S>() {
+            note(
+                &mut self.failure,
+                StateError::TypeMismatch {
+                    name: name.to_string(),
+                    existing,
+                    requested: std::any::type_name::<S>(),
+                },
+            );
+            return None;
+        }
+        Some(index)
+    }
+
+    /// Makes sure the current key's RocksDB key is computed; false when
+    /// there is no current key (or it cannot be encoded).
+    fn ensure_db_key(&mut self) -> bool {
+        if self.current_db_key.is_some() {
+            return true;
+        }
+        let (Backend::Rocks(db), Some(key)) = (&self.backend, self.current_key.as_ref()) else {
+            return false;
+        };
+        match db.encode_key(key) {
+            Ok(k) => {
+                self.current_db_key = Some(k);
+                true
+            }
+            Err(e) => {
+                note(&mut self.failure, e);
+                false
+            }
+        }
+    }
+
+    /// Runs `f` on the current key's entry of a table, if it is live,
+    /// without changing it (a TTL refreshed on read is still written).
+    fn read<S: StateValue, R>(&mut self, handle: &Handle, f: impl FnOnce(&S) -> R) -> Option<R> {
+        self.access(handle, false, |s: &mut S| f(s))
+    }
+
+    /// Runs `f` on the current key's live entry, which `f` may change.
+    fn modify<S: StateValue, R>(
         &mut self,
         handle: &Handle,
         f: impl FnOnce(&mut S) -> R,
     ) -> Option<R> {
+        self.access(handle, true, f)
+    }
+
+    fn access<S: StateValue, R>(
+        &mut self,
+        handle: &Handle,
+        mutates: bool,
+        f: impl FnOnce(&mut S) -> R,
+    ) -> Option<R> {
         let now = self.now;
+        if let Backend::Rocks(_) = self.backend {
+            let index = self.rocks_table::<S>(handle)?;
+            if !self.ensure_db_key() {
+                return None;
+            }
+            let (Backend::Rocks(db), Some(key)) = (&self.backend, self.current_db_key.as_deref())
+            else {
+                return None;
+            };
+            let ttl = db.table(index)?.ttl;
+            let (mut value, touched) = match db.get::<S>(index, key) {
+                Ok(Some(entry)) => entry,
+                Ok(None) => return None,
+                Err(e) => {
+                    note(&mut self.failure, e);
+                    return None;
+                }
+            };
+            if crate::rocks::expired(ttl, touched, now) {
+                if let Err(e) = db.delete(index, key) {
+                    note(&mut self.failure, e);
+                }
+                return None;
+            }
+            let refresh = matches!(ttl, Some(t) if t.update == TtlUpdate::OnReadAndWrite);
+            let result = f(&mut value);
+            if mutates || refresh {
+                let touched = if refresh { now } else { touched };
+                if let Err(e) = db.put(index, key, &value, touched) {
+                    note(&mut self.failure, e);
+                }
+            }
+            return Some(result);
+        }
         let key = self.current_key.clone()?;
         let table = self.table::<S>(handle.name, &handle.slot, handle.ttl)?;
         let ttl = table.ttl;
@@ -321,6 +548,30 @@ impl<K: StateKey> KeyedStateStore<K> {
         f: impl FnOnce(&mut S) -> R,
     ) -> Option<R> {
         let now = self.now;
+        if let Backend::Rocks(_) = self.backend {
+            let index = self.rocks_table::<S>(handle)?;
+            if !self.ensure_db_key() {
+                return None;
+            }
+            let (Backend::Rocks(db), Some(key)) = (&self.backend, self.current_db_key.as_deref())
+            else {
+                return None;
+            };
+            let ttl = db.table(index)?.ttl;
+            let mut value = match db.get::<S>(index, key) {
+                Ok(Some((value, touched))) if !crate::rocks::expired(ttl, touched, now) => value,
+                Ok(_) => init(),
+                Err(e) => {
+                    note(&mut self.failure, e);
+                    return None;
+                }
+            };
+            let result = f(&mut value);
+            if let Err(e) = db.put(index, key, &value, now) {
+                note(&mut self.failure, e);
+            }
+            return Some(result);
+        }
         let key = self.current_key.clone()?;
         let table = self.table::<S>(handle.name, &handle.slot, handle.ttl)?;
         let ttl = table.ttl;
@@ -339,8 +590,28 @@ impl<K: StateKey> KeyedStateStore<K> {
     }
 
     fn clear(&mut self, handle: &Handle) {
-        if let (Some(key), Some(&i)) = (self.current_key.as_ref(), self.by_name.get(handle.name)) {
-            self.tables[i].remove_key(key);
+        match &mut self.backend {
+            Backend::Heap { tables, by_name } => {
+                if let (Some(key), Some(&i)) = (self.current_key.as_ref(), by_name.get(handle.name))
+                {
+                    tables[i].remove_key(key);
+                }
+            }
+            Backend::Rocks(db) => {
+                let Some(index) = db.table_index(handle.name) else {
+                    return;
+                };
+                if !self.ensure_db_key() {
+                    return;
+                }
+                if let (Backend::Rocks(db), Some(key)) =
+                    (&self.backend, self.current_db_key.as_deref())
+                {
+                    if let Err(e) = db.delete(index, key) {
+                        note(&mut self.failure, e);
+                    }
+                }
+            }
         }
     }
 }
@@ -511,8 +782,8 @@ impl<MK: StateKey, MV: Clone + StateValue> MapState<MK, MV> {
 
     pub fn remove<K: StateKey>(&self, ctx: &mut impl StateAccess<K>, key: &MK) -> Option<MV> {
         let store = ctx.state_store();
-        let (removed, now_empty) =
-            store.read::<FxHashMap<MK, MV>, _>(&self.handle, |m| (m.remove(key), m.is_empty()))?;
+        let (removed, now_empty) = store
+            .modify::<FxHashMap<MK, MV>, _>(&self.handle, |m| (m.remove(key), m.is_empty()))?;
         if now_empty {
             store.clear(&self.handle);
         }
@@ -616,6 +887,18 @@ impl<In, A: AggregateFunction<In>> AggregatingState<In, A> {
 mod tests {
     use super::*;
 
+    /// Every test runs on each backend.
+    fn backends() -> [StateBackend; 2] {
+        [
+            StateBackend::HashMap,
+            StateBackend::RocksDb(Default::default()),
+        ]
+    }
+
+    fn fresh<K: StateKey>(backend: &StateBackend) -> KeyedStateStore<K> {
+        KeyedStateStore::open(backend, 128, "keyed-test").unwrap()
+    }
+
     #[derive(Clone)]
     struct Avg;
     impl AggregateFunction<i64> for Avg {
@@ -639,7 +922,13 @@ mod tests {
 
     #[test]
     fn value_state_is_per_key() {
-        let mut store = KeyedStateStore::<String>::new();
+        for b in &backends() {
+            value_state_is_per_key_on(b);
+        }
+    }
+
+    fn value_state_is_per_key_on(b: &StateBackend) {
+        let mut store = fresh::<String>(b);
         let count = ValueState::<u64>::new("count");
         store.set_current_key("a".into());
         assert_eq!(count.get(&mut store), None);
@@ -657,7 +946,13 @@ mod tests {
 
     #[test]
     fn list_map_reducing_aggregating() {
-        let mut store = KeyedStateStore::<u32>::new();
+        for b in &backends() {
+            list_map_reducing_aggregating_on(b);
+        }
+    }
+
+    fn list_map_reducing_aggregating_on(b: &StateBackend) {
+        let mut store = fresh::<u32>(b);
         store.set_current_key(1);
         let list = ListState::<i32>::new("l");
         list.add(&mut store, 1);
@@ -692,7 +987,13 @@ mod tests {
 
     #[test]
     fn ttl_expires_and_sweeps() {
-        let mut store = KeyedStateStore::<u32>::new();
+        for b in &backends() {
+            ttl_expires_and_sweeps_on(b);
+        }
+    }
+
+    fn ttl_expires_and_sweeps_on(b: &StateBackend) {
+        let mut store = fresh::<u32>(b);
         let v = ValueState::<u8>::new("v").with_ttl(StateTtl::new(Duration::from_millis(100)));
         store.advance_time(1_000);
         store.set_current_key(1);
@@ -713,7 +1014,13 @@ mod tests {
 
     #[test]
     fn expired_value_is_replaced_on_write() {
-        let mut store = KeyedStateStore::<u32>::new();
+        for b in &backends() {
+            expired_value_is_replaced_on_write_on(b);
+        }
+    }
+
+    fn expired_value_is_replaced_on_write_on(b: &StateBackend) {
+        let mut store = fresh::<u32>(b);
         let list = ListState::<u8>::new("l").with_ttl(StateTtl::new(Duration::from_millis(10)));
         store.set_current_key(1);
         list.add(&mut store, 1);
@@ -724,7 +1031,13 @@ mod tests {
 
     #[test]
     fn read_refresh_keeps_values_alive() {
-        let mut store = KeyedStateStore::<u32>::new();
+        for b in &backends() {
+            read_refresh_keeps_values_alive_on(b);
+        }
+    }
+
+    fn read_refresh_keeps_values_alive_on(b: &StateBackend) {
+        let mut store = fresh::<u32>(b);
         let v = ValueState::<u8>::new("v")
             .with_ttl(StateTtl::new(Duration::from_millis(100)).refresh_on_read());
         store.set_current_key(1);
@@ -737,7 +1050,13 @@ mod tests {
 
     #[test]
     fn snapshot_by_key_group_restores_into_any_split() {
-        let mut store = KeyedStateStore::<u32>::new();
+        for b in &backends() {
+            snapshot_by_key_group_restores_into_any_split_on(b);
+        }
+    }
+
+    fn snapshot_by_key_group_restores_into_any_split_on(b: &StateBackend) {
+        let mut store = fresh::<u32>(b);
         let count = ValueState::<u64>::new("count");
         let names = MapState::<String, u8>::new("names");
         for k in 0..200u32 {
@@ -748,7 +1067,7 @@ mod tests {
         let groups = store.snapshot(16).unwrap();
         assert!(groups.len() > 1 && groups.iter().all(|(kg, _)| *kg < 16));
         // Split the key groups over two new stores, as a rescale to 2 would.
-        let mut halves = [KeyedStateStore::<u32>::new(), KeyedStateStore::<u32>::new()];
+        let mut halves = [fresh::<u32>(b), fresh::<u32>(b)];
         for (kg, blob) in &groups {
             halves[kg * 2 / 16].restore(*kg, blob).unwrap();
         }
@@ -763,7 +1082,7 @@ mod tests {
             );
         }
         // Restored state that nobody read yet is carried into the next snapshot.
-        let mut untouched = KeyedStateStore::<u32>::new();
+        let mut untouched = fresh::<u32>(b);
         for (kg, blob) in &groups {
             untouched.restore(*kg, blob).unwrap();
         }
@@ -772,7 +1091,13 @@ mod tests {
 
     #[test]
     fn corrupt_state_is_reported_not_panicked() {
-        let mut store = KeyedStateStore::<u32>::new();
+        for b in &backends() {
+            corrupt_state_is_reported_not_panicked_on(b);
+        }
+    }
+
+    fn corrupt_state_is_reported_not_panicked_on(b: &StateBackend) {
+        let mut store = fresh::<u32>(b);
         assert!(store.restore(0, b"garbage").is_err());
         let blob = crate::codec::encode(&vec![("v".to_string(), vec![1u8, 2, 3])]).unwrap();
         store.restore(0, &blob).unwrap();
@@ -783,7 +1108,13 @@ mod tests {
 
     #[test]
     fn one_name_two_types_is_reported() {
-        let mut store = KeyedStateStore::<u32>::new();
+        for b in &backends() {
+            one_name_two_types_is_reported_on(b);
+        }
+    }
+
+    fn one_name_two_types_is_reported_on(b: &StateBackend) {
+        let mut store = fresh::<u32>(b);
         store.set_current_key(1);
         ValueState::<u8>::new("x").set(&mut store, 1);
         assert_eq!(ValueState::<String>::new("x").get(&mut store), None);

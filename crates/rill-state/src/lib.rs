@@ -11,13 +11,19 @@
 //!   named handles (`ValueState`, `ListState`, `MapState`, `ReducingState`,
 //!   `AggregatingState`, optionally with a TTL) and read or write them for the
 //!   key currently being processed through a [`KeyedStateStore`].
+//! * **Backends** ([`backend`]): a store keeps its tables on the heap or in an
+//!   embedded RocksDB ([`rocks`]), chosen per job; both write one snapshot
+//!   format, so checkpoints move freely between them.
 
 pub mod aggregate;
+pub mod backend;
 pub mod codec;
 pub mod key_group;
 pub mod keyed;
+pub mod rocks;
 
 pub use aggregate::AggregateFunction;
+pub use backend::{RocksDbOptions, StateBackend};
 pub use key_group::{hash_key, KeyGroupRange};
 pub use keyed::{
     AggregatingState, KeyedStateStore, ListState, MapState, ReducingState, StateAccess, StateKey,
@@ -43,4 +49,10 @@ pub enum StateError {
     /// Stored state does not decode (damaged or written by another type).
     #[error("corrupt state: {0}")]
     Corrupt(String),
+    /// The configured state backend is unknown or cannot be used as configured.
+    #[error("state backend: {0}")]
+    Backend(String),
+    /// The local state storage (RocksDB or its directory) failed.
+    #[error("state storage: {0}")]
+    Storage(String),
 }

@@ -143,6 +143,25 @@ pub fn job_options(config: &Configuration, job_name: &str) -> Result<JobOptions,
         allow_non_restored_state: config
             .get_parsed("execution.savepoint.ignore-unclaimed-state")?
             .unwrap_or(false),
+        state_backend: state_backend(config)?,
+    })
+}
+
+/// The state backend from `state.backend.type` (with its options).
+pub fn state_backend(config: &Configuration) -> Result<rill_api::checkpoint::StateBackend, Error> {
+    rill_api::checkpoint::StateBackend::from_config(
+        config.get("state.backend.type").unwrap_or("hashmap"),
+        config
+            .get_parsed("state.backend.incremental")?
+            .unwrap_or(false),
+        config.get("state.backend.rocksdb.localdir"),
+    )
+    .map_err(|e| {
+        let message = match e {
+            rill_state::StateError::Backend(m) => m,
+            other => other.to_string(),
+        };
+        Error::Api(rill_api::Error::Config(message))
     })
 }
 
