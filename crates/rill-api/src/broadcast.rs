@@ -222,10 +222,7 @@ fn snapshot_broadcast<S: Serialize>(
             operator: Some(encode_state(&info.uid, &(watermark, state))?),
         })
     })();
-    match snapshot {
-        Ok(state) => info.put_snapshot(id, state),
-        Err(e) => info.checkpoint.snapshots.failed(id, e.to_string()),
-    }
+    info.report_snapshot(id, snapshot);
 }
 
 struct BroadcastOperator<F: BroadcastProcessFunction<T, B, O>, T, B, O> {

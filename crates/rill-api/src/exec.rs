@@ -105,6 +105,15 @@ impl SubtaskInfo {
             });
     }
 
+    /// Reports the outcome of snapshotting for checkpoint `id`: the state,
+    /// or a failure that declines the checkpoint (the job goes on).
+    pub fn report_snapshot(&self, checkpoint: CheckpointId, state: Result<OperatorState>) {
+        match state {
+            Ok(state) => self.put_snapshot(checkpoint, state),
+            Err(e) => self.checkpoint.snapshots.failed(checkpoint, e.to_string()),
+        }
+    }
+
     /// The same subtask under another uid (for helpers chained inside an
     /// operator, such as a source's watermark generator).
     pub fn with_uid(&self, uid: String) -> Self {

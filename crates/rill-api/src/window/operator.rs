@@ -258,10 +258,7 @@ where
 
     fn on_barrier(&mut self, id: CheckpointId) {
         if let Some(info) = &self.checkpoint {
-            match self.snapshot(info) {
-                Ok(state) => info.put_snapshot(id, state),
-                Err(e) => info.checkpoint.snapshots.failed(id, e.to_string()),
-            }
+            info.report_snapshot(id, self.snapshot(info));
         }
     }
 
