@@ -7,6 +7,7 @@
 //!   connected by bounded channels (the embedded mini cluster behind
 //!   `rill run`).
 
+pub mod cluster;
 pub mod coordinator;
 pub mod local;
 pub mod plan;
