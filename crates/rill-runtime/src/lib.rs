@@ -38,4 +38,17 @@ pub enum RuntimeError {
     /// A thread could not be started.
     #[error("cannot start task thread: {0}")]
     Spawn(#[source] std::io::Error),
+    /// This JobManager lost (or never had) leadership.
+    #[error("'{0}' is not the leading JobManager")]
+    NotLeader(String),
+    /// Cluster coordination failed (RPC, registration, HA services).
+    #[error("{0}")]
+    Cluster(String),
+    /// Network I/O between processes failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -3,3 +3,4 @@
 //! over TCP, and a REST API in front.
 
 pub mod dispatch;
+pub mod services;
