@@ -3,7 +3,8 @@
 //! random points, restarts from its latest checkpoint each time, and its
 //! committed output equals the failure-free output record for record, with
 //! keyed state on either state backend (the failure-free reference always
-//! runs on the heap backend, so RocksDB is also checked against it).
+//! runs on the heap backend, so RocksDB is also checked against it), with
+//! full and incremental native RocksDB checkpoints.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -176,7 +177,15 @@ fn run(
     config
         .set("parallelism.default", parallelism.to_string())
         .unwrap();
-    config.set("state.backend.type", backend).unwrap();
+    // `rocksdb-incremental`: RocksDB with incremental native checkpoints.
+    let (kind, incremental) = match backend.strip_suffix("-incremental") {
+        Some(kind) => (kind, true),
+        None => (backend, false),
+    };
+    config.set("state.backend.type", kind).unwrap();
+    config
+        .set("state.backend.incremental", incremental.to_string())
+        .unwrap();
     if let Some(ck) = checkpoints {
         config
             .set("state.checkpoints.dir", ck.to_str().unwrap())
@@ -312,7 +321,7 @@ fn injected_failures_lose_and_duplicate_nothing_at_parallelism_1() {
 #[test]
 fn injected_failures_lose_and_duplicate_nothing_at_parallelism_3() {
     for seed in [3, 4] {
-        for backend in ["hashmap", "rocksdb"] {
+        for backend in ["hashmap", "rocksdb", "rocksdb-incremental"] {
             failures_match_the_clean_run(3, seed, backend);
         }
     }

@@ -278,13 +278,22 @@ fn state_backend_configuration_is_checked_at_job_start() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("unknown state backend 'memory'"), "{err}");
-    let err = options(&[
-        ("state.backend.type", "rocksdb"),
-        ("state.backend.incremental", "true"),
-    ])
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("not supported yet"), "{err}");
+    assert_eq!(
+        options(&[
+            ("state.backend.type", "rocksdb"),
+            ("state.backend.incremental", "true"),
+        ])
+        .unwrap(),
+        rill::state::StateBackend::RocksDb(rill::state::RocksDbOptions {
+            local_dir: None,
+            incremental: true,
+        })
+    );
+    let err = options(&[("state.backend.incremental", "true")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("state.backend.incremental"), "{err}");
+    assert!(err.contains("rocksdb"), "{err}");
 }
 
 #[test]

@@ -13,6 +13,11 @@ pub const CONTEXT: &str = "kube-sim";
 
 /// Render a kubeconfig for `server` (e.g. `http://127.0.0.1:6443`).
 pub fn render(server: &str) -> String {
+    render_for(server, "default")
+}
+
+/// Render a kubeconfig for `server` whose context uses `namespace`.
+pub fn render_for(server: &str, namespace: &str) -> String {
     format!(
         "apiVersion: v1
 kind: Config
@@ -25,7 +30,7 @@ contexts:
   context:
     cluster: {CONTEXT}
     user: {CONTEXT}
-    namespace: default
+    namespace: {namespace}
 current-context: {CONTEXT}
 users:
 - name: {CONTEXT}

@@ -31,7 +31,34 @@
 //! but never reports conflicts between managers, and other writes are not
 //! recorded there; list pagination is
 //! ignored (everything comes in one page); pods are Deployment-owned
-//! directly (no ReplicaSets) and no kubelet runs them yet.
+//! directly (no ReplicaSets).
+//!
+//! With [`Options::kubelet`] set, pods really run: the process
+//! [`kubelet`] starts each container as a local process (images map to
+//! local programs through [`images::ImageMap`]), with the downward API,
+//! ConfigMap/Secret/emptyDir/downwardAPI volumes and `/etc/hosts`
+//! bind-mounted in a private mount namespace, readiness and liveness
+//! probes, restart policies with back-off, graceful deletion and logs.
+//! [`services`] gives Services ClusterIPs, Endpoints and a userspace proxy,
+//! and [`KubeSim::crash`] (or `POST /kube-sim/v1/namespaces/{ns}/pods/{name}/crash`,
+//! used by `kube-sim crash`) SIGKILLs a container as if it crashed.
+//!
+//! Network modes ([`network::NetworkMode`], chosen in
+//! [`kubelet::KubeletOptions::network`] or `kube-sim up --network`):
+//! - `Loopback` (default): each pod has its own 127.0.0.0/8 address,
+//!   exported as `POD_IP` and `status.podIP`; programs must bind it rather
+//!   than 0.0.0.0. ClusterIPs come from the same range; no privileges.
+//! - `Namespace`: each pod has a network namespace with a veth on a
+//!   kube-sim bridge owning `10.<n>.0.0/16`, so pods can all bind
+//!   0.0.0.0:6122. ClusterIPs live on the bridge and the API server is
+//!   forwarded to the bridge address. Needs root and `ip`; everything is
+//!   removed on shutdown.
+//!
+//! Pods reach the API server through `KUBECONFIG` (a kubeconfig in the
+//! mounted service account directory), which kubectl and kube-rs'
+//! `Config::infer()` read first; `KUBERNETES_SERVICE_HOST`/`_PORT` are set
+//! too, but the server is plain HTTP, so kube-rs' `Config::incluster()`
+//! (HTTPS only) does not apply.
 //!
 //! Start one in-process on a free port:
 //!
@@ -48,14 +75,18 @@ pub mod deployment;
 pub mod discovery;
 pub mod error;
 pub mod gc;
+pub mod images;
 pub mod kubeconfig;
+pub mod kubelet;
 pub mod meta;
+pub mod network;
 pub mod patch;
 pub mod protobuf;
 pub mod resources;
 pub mod schema;
 pub mod selector;
 mod server;
+pub mod services;
 pub mod store;
 pub mod table;
 
@@ -72,6 +103,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use error::{Error, Result};
+pub use images::ImageMap;
+pub use kubelet::KubeletOptions;
+pub use network::NetworkMode;
 pub use store::Store;
 
 /// File under the state dir that holds the objects between runs.
@@ -99,6 +133,9 @@ pub struct Options {
     /// Report pods Running and Ready as soon as they exist (no kubelet runs
     /// them); default false, so pods stay `Pending`.
     pub mark_pods_ready: bool,
+    /// Run pods as local processes (and serve Services) with these
+    /// options; `None` (the default) leaves pods as objects only.
+    pub kubelet: Option<KubeletOptions>,
 }
 
 impl Default for Options {
@@ -112,6 +149,7 @@ impl Default for Options {
             bookmark_interval: Duration::from_secs(5),
             controllers: true,
             mark_pods_ready: false,
+            kubelet: None,
         }
     }
 }
@@ -126,6 +164,11 @@ pub struct KubeSim {
     store: Arc<Store>,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+    kubelet: Option<Arc<kubelet::Kubelet>>,
+    network: Option<Arc<network::Network>>,
+    /// Forwards the API server to the bridge address in namespace mode.
+    api_forwarder: Option<services::Forwarder>,
+    kubelet_temp_dir: Option<PathBuf>,
 }
 
 impl KubeSim {
@@ -162,12 +205,48 @@ impl KubeSim {
             }
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut kubelet = None;
+        let mut network = None;
+        let mut api_forwarder = None;
+        let mut kubelet_temp_dir = None;
+        if let Some(kopts) = &options.kubelet {
+            let net = Arc::new(network::Network::new(kopts.network)?);
+            let api_for_pods = match net.gateway() {
+                Some(gw) => {
+                    let a = SocketAddr::new(IpAddr::V4(gw), addr.port());
+                    api_forwarder = Some(services::forward(a, vec![addr]).await?);
+                    a
+                }
+                None => addr,
+            };
+            let root = match &options.state_dir {
+                Some(dir) => dir.join("kubelet"),
+                None => {
+                    let dir = std::env::temp_dir().join(format!(
+                        "kube-sim-{}-{}-kubelet",
+                        std::process::id(),
+                        addr.port()
+                    ));
+                    kubelet_temp_dir = Some(dir.clone());
+                    dir
+                }
+            };
+            kubelet = Some(kubelet::Kubelet::new(
+                store.clone(),
+                kopts.clone(),
+                root,
+                net.clone(),
+                api_for_pods,
+            )?);
+            network = Some(net);
+        }
         let state = Arc::new(server::AppState {
             store: store.clone(),
             addr,
             shutdown: shutdown_rx.clone(),
             bookmark_interval: options.bookmark_interval.max(Duration::from_millis(10)),
             requests: AtomicU64::new(0),
+            kubelet: kubelet.clone(),
         });
         let app = axum::Router::new()
             .fallback(
@@ -188,6 +267,12 @@ impl KubeSim {
                 shutdown_rx.clone(),
             ))
         });
+        let mut background = Vec::new();
+        if let (Some(k), Some(net)) = (&kubelet, &network) {
+            background.push(tokio::spawn(k.clone().run(shutdown_rx.clone())));
+            let svc = services::ServiceController::new(store.clone(), net.clone());
+            background.push(tokio::spawn(svc.run(shutdown_rx.clone())));
+        }
         let mut stop_rx = shutdown_rx;
         let task = tokio::spawn(async move {
             let stopped = async move {
@@ -202,6 +287,9 @@ impl KubeSim {
             if let Some(c) = controller {
                 let _ = c.await;
             }
+            for b in background {
+                let _ = b.await;
+            }
         });
         tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "kube-sim serving");
         Ok(KubeSim {
@@ -212,7 +300,31 @@ impl KubeSim {
             store,
             shutdown,
             task: Some(task),
+            kubelet,
+            network,
+            api_forwarder,
+            kubelet_temp_dir,
         })
+    }
+
+    /// The process kubelet, when [`Options::kubelet`] was set.
+    pub fn kubelet(&self) -> Option<&Arc<kubelet::Kubelet>> {
+        self.kubelet.as_ref()
+    }
+
+    /// The network mode pods use, when a kubelet runs.
+    pub fn network_mode(&self) -> Option<NetworkMode> {
+        self.network.as_ref().map(|n| n.mode())
+    }
+
+    /// SIGKILL a pod's container (the first one unless named) as if it
+    /// crashed; the kubelet restarts it per `restartPolicy`.
+    pub fn crash(&self, namespace: &str, pod: &str, container: Option<&str>) -> Result<()> {
+        let k = self
+            .kubelet
+            .as_ref()
+            .ok_or_else(|| Error::BadRequest("no kubelet runs pods in this kube-sim".into()))?;
+        k.crash(namespace, pod, container).map(|_| ())
     }
 
     /// The bound address.
@@ -256,6 +368,13 @@ impl KubeSim {
     /// store when a state dir is set.
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
+        if let Some(k) = &self.kubelet {
+            k.shutdown().await;
+        }
+        self.api_forwarder = None;
+        if let Some(n) = &self.network {
+            n.teardown();
+        }
         if let Some(task) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
@@ -268,6 +387,15 @@ impl KubeSim {
 impl Drop for KubeSim {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
+        if let Some(k) = &self.kubelet {
+            k.kill_all_now();
+        }
+        if let Some(n) = &self.network {
+            n.teardown();
+        }
+        if let Some(dir) = &self.kubelet_temp_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         if let Some(task) = self.task.take() {
             // The graceful shutdown finishes by itself; make sure a stuck
             // connection cannot keep the task alive forever.

@@ -37,6 +37,8 @@ pub(crate) struct AppState {
     pub shutdown: watch::Receiver<bool>,
     pub bookmark_interval: Duration,
     pub requests: AtomicU64,
+    /// The process kubelet, when pods run (logs and crash injection).
+    pub kubelet: Option<Arc<crate::kubelet::Kubelet>>,
 }
 
 type Query = HashMap<String, String>;
@@ -130,6 +132,19 @@ async fn route(
             discovery::openapi_v3_group_version(&types(), &rest.join("/"))
                 .map(|v| json_response(StatusCode::OK, &v))
                 .ok_or_else(|| not_served(path))
+        }
+        ["kube-sim", "v1", "namespaces", ns, "pods", name, "crash"] => {
+            if *method != Method::POST {
+                return Err(Error::MethodNotAllowed(format!(
+                    "crash injection takes POST, not {method}"
+                )));
+            }
+            let kubelet = state
+                .kubelet
+                .as_ref()
+                .ok_or_else(|| Error::BadRequest("no kubelet runs pods in this kube-sim".into()))?;
+            let q = parse_query(uri);
+            ok(kubelet.crash(ns, name, q.get("container").map(String::as_str))?)
         }
         ["api", version, rest @ ..] => {
             resource(state, method, uri, headers, body, "", version, rest).await
@@ -350,7 +365,7 @@ async fn resource(
             scale(store, &t, name, method, headers, &q, &body)
         }
         (Some(name), Some("log")) if rt.log => match *method {
-            Method::GET => pod_log(store, ns, name, &q),
+            Method::GET => pod_log(state, ns, name, &q),
             _ => not_allowed(),
         },
         _ => Err(not_served(uri.path())),
@@ -474,11 +489,20 @@ fn delete_options(q: &Query, body: &[u8]) -> Result<DeleteOptions> {
             .get("dryRun")
             .and_then(Value::as_array)
             .is_some_and(|a| a.iter().any(|x| x == "All"));
+    let grace_period = match q.get("gracePeriodSeconds") {
+        Some(g) => Some(g.parse::<i64>().map_err(|_| {
+            Error::BadRequest(format!(
+                "gracePeriodSeconds must be an integer, got \"{g}\""
+            ))
+        })?),
+        None => body.get("gracePeriodSeconds").and_then(Value::as_i64),
+    };
     Ok(DeleteOptions {
         propagation,
         uid: pre_str("uid"),
         resource_version: pre_str("resourceVersion"),
         dry_run: dry,
+        grace_period,
     })
 }
 
@@ -508,12 +532,23 @@ fn delete_collection(store: &Store, t: &Target<'_>, q: &Query, body: &[u8]) -> R
     ))
 }
 
-fn pod_log(store: &Store, ns: &str, name: &str, q: &Query) -> Result<Response> {
+fn pod_log(state: &Arc<AppState>, ns: &str, name: &str, q: &Query) -> Result<Response> {
+    let store = &state.store;
     let pods = store
         .find_type("", "v1", "pods")
         .ok_or_else(|| Error::Internal("pods are not served".into()))?;
     store.get(&pods, ns, name)?;
-    let text = store.pod_log(ns, name).unwrap_or_default();
+    let container = q.get("container").map(String::as_str);
+    let previous = q.get("previous").is_some_and(|v| v == "true");
+    let follow = q.get("follow").is_some_and(|v| v == "true");
+    let from_kubelet = match &state.kubelet {
+        Some(k) => k.logs(ns, name, container, previous)?,
+        None => None,
+    };
+    let text = match from_kubelet {
+        Some(t) => t,
+        None => store.pod_log(ns, name).unwrap_or_default(),
+    };
     let text = match q.get("tailLines").map(|n| n.parse::<usize>()) {
         Some(Ok(n)) => {
             let lines: Vec<&str> = text.lines().collect();
@@ -527,10 +562,72 @@ fn pod_log(store: &Store, ns: &str, name: &str, q: &Query) -> Result<Response> {
         Some(Err(_)) => return Err(Error::BadRequest("tailLines must be an integer".into())),
         None => text,
     };
+    if follow && !previous {
+        if let Some((path, worker)) = match &state.kubelet {
+            Some(k) => k.log_file(ns, name, container)?,
+            None => None,
+        } {
+            let offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let (tx, rx) = mpsc::channel(16);
+            let mut shutdown = state.shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = follow_file(path, offset, worker, tx) => {}
+                    _ = shutdown.wait_for(|s| *s) => {}
+                }
+            });
+            let mut resp = stream_response(vec![Bytes::from(text)], Some(rx));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain"),
+            );
+            return Ok(resp);
+        }
+    }
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "text/plain")
         .body(Body::from(text))
         .unwrap_or_default())
+}
+
+/// Stream what is appended to a container log until the container's
+/// instance ends (its log is rotated) or the pod stops.
+async fn follow_file(
+    path: std::path::PathBuf,
+    mut offset: u64,
+    worker: Arc<crate::kubelet::PodWorker>,
+    tx: mpsc::Sender<Bytes>,
+) {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(&path) else {
+        return;
+    };
+    loop {
+        let mut buf = Vec::new();
+        if file.seek(SeekFrom::Start(offset)).is_ok()
+            && file.read_to_end(&mut buf).is_ok()
+            && !buf.is_empty()
+        {
+            offset += buf.len() as u64;
+            if tx.send(Bytes::from(buf)).await.is_err() {
+                return;
+            }
+        }
+        let rotated = match (std::fs::metadata(&path), file.metadata()) {
+            (Ok(a), Ok(b)) => {
+                use std::os::unix::fs::MetadataExt;
+                a.ino() != b.ino()
+            }
+            _ => true,
+        };
+        if rotated || !worker.active() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = tx.closed() => return,
+        }
+    }
 }
 
 /// Read a dotted path like `.spec.replicas`.

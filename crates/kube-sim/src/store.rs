@@ -85,6 +85,9 @@ pub struct DeleteOptions {
     pub resource_version: Option<String>,
     /// `dryRun=All`.
     pub dry_run: bool,
+    /// `gracePeriodSeconds`: for pods run by a kubelet, how long the
+    /// processes get between SIGTERM and SIGKILL (`Some(0)` removes at once).
+    pub grace_period: Option<i64>,
 }
 
 struct Inner {
@@ -96,6 +99,9 @@ struct Inner {
     compacted: u64,
     types: Vec<Arc<ResourceType>>,
     logs: HashMap<(String, String), String>,
+    /// A kubelet runs pods: deleting a pod bound to a node only marks it,
+    /// and the kubelet removes it once its processes are gone.
+    graceful_pods: bool,
 }
 
 /// The shared store.
@@ -194,6 +200,7 @@ impl Store {
                 compacted: 0,
                 types: resources::builtins().into_iter().map(Arc::new).collect(),
                 logs: HashMap::new(),
+                graceful_pods: false,
             }),
             notify,
         };
@@ -224,6 +231,13 @@ impl Store {
             }
             changed
         });
+    }
+
+    /// Make pod deletion graceful: a pod with `spec.nodeName` set is only
+    /// marked with `deletionTimestamp` and `deletionGracePeriodSeconds`, and
+    /// stays until the kubelet deletes it with a grace period of 0.
+    pub fn set_graceful_pods(&self, on: bool) {
+        self.lock().graceful_pods = on;
     }
 
     /// A receiver that changes whenever the store's resourceVersion moves.
@@ -498,7 +512,7 @@ impl Store {
         if opts.dry_run {
             return Ok((*cur).clone());
         }
-        let out = inner.delete_key(&k, opts.propagation);
+        let out = inner.delete_key(&k, opts.propagation, opts.grace_period);
         inner.collect_garbage();
         self.finish(inner);
         Ok(out.unwrap_or_else(|| (*cur).clone()))
@@ -1032,8 +1046,16 @@ impl Inner {
     }
 
     /// Delete by key with a propagation policy; returns the resulting state.
-    fn delete_key(&mut self, k: &ObjKey, propagation: Propagation) -> Option<Value> {
+    fn delete_key(
+        &mut self,
+        k: &ObjKey,
+        propagation: Propagation,
+        grace: Option<i64>,
+    ) -> Option<Value> {
         let cur = self.objects.get(k).cloned()?;
+        if let Some(out) = self.graceful_pod_delete(k, &cur, grace) {
+            return out;
+        }
         let ns_object = k.0.is_empty() && k.1 == "namespaces";
         let mut fins = meta::finalizers(&cur);
         let spec_fins: Vec<String> = if ns_object {
@@ -1085,6 +1107,44 @@ impl Inner {
                 Some(self.commit(k.clone(), next, EventType::Modified))
             }
         }
+    }
+
+    /// Graceful deletion of a pod a kubelet runs: `None` when the normal rules
+    /// apply, else the delete's result (the pod marked, or left as it is
+    /// while its grace period runs).
+    fn graceful_pod_delete(
+        &mut self,
+        k: &ObjKey,
+        cur: &Arc<Value>,
+        grace: Option<i64>,
+    ) -> Option<Option<Value>> {
+        let is_pod = k.0.is_empty() && k.1 == "pods";
+        let bound = meta::str_at(cur, &["spec", "nodeName"]).is_some_and(|n| !n.is_empty());
+        let terminal = matches!(
+            meta::str_at(cur, &["status", "phase"]),
+            Some("Succeeded" | "Failed")
+        );
+        if !self.graceful_pods || !is_pod || !bound || terminal || grace == Some(0) {
+            return None;
+        }
+        if meta::is_deleting(cur) {
+            return Some(Some((**cur).clone()));
+        }
+        let grace = grace
+            .or_else(|| {
+                meta::get_path(cur, &["spec", "terminationGracePeriodSeconds"])
+                    .and_then(Value::as_i64)
+            })
+            .unwrap_or(30)
+            .max(0);
+        let mut next = (**cur).clone();
+        let m = meta::meta_mut(&mut next);
+        m.insert(
+            "deletionTimestamp".into(),
+            Value::String(meta::now_rfc3339()),
+        );
+        m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+        Some(Some(self.commit(k.clone(), next, EventType::Modified)))
     }
 
     fn remove_finalizer(&mut self, k: &ObjKey, f: &str) {
@@ -1147,7 +1207,7 @@ impl Inner {
             for a in actions {
                 match a {
                     gc::Action::Delete(k, p) => {
-                        self.delete_key(&k, p);
+                        self.delete_key(&k, p, None);
                     }
                     gc::Action::RemoveOwnerRefs(k, uids) => {
                         if let Some(cur) = self.objects.get(&k).cloned() {

@@ -183,6 +183,7 @@ where
             channels2,
             op,
             info.checkpoint.snapshots.clone(),
+            info.metrics.clone(),
         )))
     }
 }
@@ -343,9 +344,9 @@ where
                 self.fire(TimeDomain::ProcessingTime, now);
             }
             Signal::Barrier(id) if self.info.checkpoint.enabled => {
-                let (store, timers, info) = (&self.store, &self.timers, &self.info);
+                let (store, timers, info) = (&mut self.store, &self.timers, &self.info);
                 snapshot_broadcast(info, id, self.watermark, &self.state, || {
-                    crate::keyed::snapshot_keyed(store, timers, info)
+                    crate::keyed::snapshot_keyed(store, timers, info, id)
                 })
             }
             _ => {}

@@ -208,6 +208,66 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "9249",
         "Prometheus metrics port",
     ),
+    (
+        "jobmanager.bind-host",
+        "0.0.0.0",
+        "address the JobManager RPC server binds",
+    ),
+    (
+        "taskmanager.bind-host",
+        "0.0.0.0",
+        "address the TaskManager data server binds",
+    ),
+    (
+        "taskmanager.resource-id",
+        "",
+        "TaskManager id (default: POD_NAME, else host and port)",
+    ),
+    (
+        "slot.request.timeout",
+        "5 min",
+        "how long a job waits for enough free slots",
+    ),
+    (
+        "resourcemanager.taskmanager-timeout",
+        "30 s",
+        "idle TaskManagers beyond what jobs need are released after this",
+    ),
+    (
+        "execution.target",
+        "",
+        "kubernetes-application or kubernetes-session: the JobManager starts TaskManager pods",
+    ),
+    (
+        "kubernetes.taskmanager.pod-template",
+        "",
+        "file with the pod template of TaskManagers the JobManager creates",
+    ),
+    (
+        "kubernetes.jobmanager.replicas",
+        "1",
+        "JobManager replicas (more than one needs high availability)",
+    ),
+    (
+        "kubernetes.jobmanager.deployment",
+        "",
+        "name of the JobManager Deployment that owns TaskManager pods",
+    ),
+    (
+        "high-availability.kubernetes.leader-election.lease-duration",
+        "15 s",
+        "how long a leader's lease lasts without renewal",
+    ),
+    (
+        "high-availability.kubernetes.leader-election.renew-deadline",
+        "15 s",
+        "a leader that cannot renew within this stops leading",
+    ),
+    (
+        "high-availability.kubernetes.leader-election.retry-period",
+        "5 s",
+        "pause between leader-election attempts",
+    ),
 ];
 
 /// A set of configuration keys and values.

@@ -8,11 +8,11 @@
 //! record types can instantiate them.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TrySendError};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{
@@ -51,6 +51,48 @@ impl FailureSlot {
     }
 }
 
+/// Figures of one running task, counted where batches cross task
+/// boundaries (never per record inside a chain) and read by the runtime for
+/// metrics and the dashboard.
+#[derive(Debug)]
+pub struct TaskMetrics {
+    /// Records taken from the task's input gates.
+    pub records_in: AtomicU64,
+    /// Records handed to downstream tasks (once per receiver).
+    pub records_out: AtomicU64,
+    /// Nanoseconds the task waited for room in a full downstream channel.
+    pub backpressured_ns: AtomicU64,
+    /// Latest combined input watermark (`i64::MIN` until one arrives).
+    pub watermark: AtomicI64,
+}
+
+impl Default for TaskMetrics {
+    fn default() -> Self {
+        Self {
+            records_in: AtomicU64::new(0),
+            records_out: AtomicU64::new(0),
+            backpressured_ns: AtomicU64::new(0),
+            watermark: AtomicI64::new(i64::MIN),
+        }
+    }
+}
+
+impl TaskMetrics {
+    fn count_in<T>(&self, events: &[Event<T>]) {
+        let n = events
+            .iter()
+            .filter(|e| matches!(e, Event::Record(..)))
+            .count();
+        if n > 0 {
+            self.records_in.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn watermark(&self, wm: Timestamp) {
+        self.watermark.store(wm, Ordering::Relaxed);
+    }
+}
+
 /// Who a subtask is.
 #[derive(Clone)]
 pub struct SubtaskInfo {
@@ -61,6 +103,8 @@ pub struct SubtaskInfo {
     pub max_parallelism: usize,
     pub failure: FailureSlot,
     pub checkpoint: CheckpointContext,
+    /// The figures of the task this subtask runs in.
+    pub metrics: Arc<TaskMetrics>,
 }
 
 impl SubtaskInfo {
@@ -169,31 +213,52 @@ pub struct ExchangeOutput<T> {
     channel: u32,
     senders: Vec<Tx<T>>,
     buffers: Vec<Vec<Event<T>>>,
+    /// Records in each buffer.
+    records: Vec<u64>,
     partitioner: Partitioner<T>,
+    metrics: Arc<TaskMetrics>,
 }
 
 impl<T: Data> ExchangeOutput<T> {
-    pub fn new(channel: u32, senders: Vec<Tx<T>>, partitioner: Partitioner<T>) -> Self {
+    pub fn new(
+        channel: u32,
+        senders: Vec<Tx<T>>,
+        partitioner: Partitioner<T>,
+        metrics: Arc<TaskMetrics>,
+    ) -> Self {
         let buffers = senders
             .iter()
             .map(|_| Vec::with_capacity(BATCH_SIZE))
             .collect();
         Self {
             channel,
+            records: vec![0; senders.len()],
             senders,
             buffers,
             partitioner,
+            metrics,
         }
     }
 
     fn send(&mut self, target: usize) {
         let events = std::mem::replace(&mut self.buffers[target], Vec::with_capacity(BATCH_SIZE));
-        // A receiver that is gone belongs to a failed or cancelled job; the
-        // runtime stops this task too, so the batch can be dropped.
-        let _ = self.senders[target].send(Batch {
+        let records = std::mem::take(&mut self.records[target]);
+        self.metrics
+            .records_out
+            .fetch_add(records, Ordering::Relaxed);
+        let batch = Batch {
             channel: self.channel,
             events,
-        });
+        };
+        // A receiver that is gone belongs to a failed or cancelled job; the
+        // runtime stops this task too, so the batch can be dropped.
+        if let Err(TrySendError::Full(batch)) = self.senders[target].try_send(batch) {
+            let blocked = Instant::now();
+            let _ = self.senders[target].send(batch);
+            self.metrics
+                .backpressured_ns
+                .fetch_add(blocked.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
     }
 
     fn push(&mut self, target: usize, event: Event<T>) {
@@ -228,6 +293,9 @@ impl<T: Data> Output<T> for ExchangeOutput<T> {
                 targets[*next]
             }
             Partitioner::Broadcast => {
+                for r in &mut self.records {
+                    *r += 1;
+                }
                 return self.push_all(Event::Record(value, timestamp));
             }
             Partitioner::Hash {
@@ -240,6 +308,7 @@ impl<T: Data> Output<T> for ExchangeOutput<T> {
                 *parallelism,
             ),
         };
+        self.records[target] += 1;
         self.push(target, Event::Record(value, timestamp));
     }
 
@@ -477,6 +546,7 @@ pub struct OneInputHead<T> {
     stash: Vec<VecDeque<Event<T>>>,
     chain: Box<dyn Output<T>>,
     snapshots: SnapshotBuffer,
+    metrics: Arc<TaskMetrics>,
 }
 
 impl<T: Data> OneInputHead<T> {
@@ -485,6 +555,7 @@ impl<T: Data> OneInputHead<T> {
         channels: usize,
         chain: Box<dyn Output<T>>,
         snapshots: SnapshotBuffer,
+        metrics: Arc<TaskMetrics>,
     ) -> Self {
         Self {
             rx,
@@ -493,10 +564,12 @@ impl<T: Data> OneInputHead<T> {
             stash: (0..channels).map(|_| VecDeque::new()).collect(),
             chain,
             snapshots,
+            metrics,
         }
     }
 
     fn process(&mut self, batch: Batch<T>) -> Result<Progress> {
+        self.metrics.count_in(&batch.events);
         let channel = batch.channel as usize;
         for event in batch.events {
             if self.handle(channel, event)? == Progress::Finished {
@@ -517,6 +590,9 @@ impl<T: Data> OneInputHead<T> {
             Event::Record(v, ts) => self.chain.record(v, ts),
             Event::Watermark(wm) => {
                 let out = self.valve.watermark(channel, wm);
+                if let Some(wm) = out.watermark {
+                    self.metrics.watermark(wm);
+                }
                 apply_valve(&mut *self.chain, out);
             }
             Event::Idle(idle) => {
@@ -603,6 +679,7 @@ pub struct TwoInputHead<A, B> {
     stash2: Vec<VecDeque<Event<B>>>,
     operator: Box<dyn TwoInputOperator<A, B>>,
     snapshots: SnapshotBuffer,
+    metrics: Arc<TaskMetrics>,
 }
 
 enum Control {
@@ -620,8 +697,10 @@ impl<A: Data, B: Data> TwoInputHead<A, B> {
         channels2: usize,
         operator: Box<dyn TwoInputOperator<A, B>>,
         snapshots: SnapshotBuffer,
+        metrics: Arc<TaskMetrics>,
     ) -> Self {
         Self {
+            metrics,
             rx1,
             rx2,
             channels1,
@@ -678,7 +757,13 @@ impl<A: Data, B: Data> TwoInputHead<A, B> {
 
     fn control(&mut self, channel: usize, event: Control) -> Result<Progress> {
         let out = match event {
-            Control::Watermark(wm) => self.valve.watermark(channel, wm),
+            Control::Watermark(wm) => {
+                let out = self.valve.watermark(channel, wm);
+                if let Some(wm) = out.watermark {
+                    self.metrics.watermark(wm);
+                }
+                out
+            }
             Control::Idle(idle) => self.valve.idle(channel, idle),
             Control::Barrier(id) => {
                 return match self.aligner.barrier(channel, id)? {
@@ -747,6 +832,7 @@ impl<A: Data, B: Data> TaskInput for TwoInputHead<A, B> {
         let index = op.index();
         if Some(index) == i1 {
             let batch = op.recv(&self.rx1).map_err(|_| disconnected("input 1"))?;
+            self.metrics.count_in(&batch.events);
             let channel = batch.channel as usize;
             for event in batch.events {
                 if self.handle1(channel, event)? == Progress::Finished {
@@ -755,6 +841,7 @@ impl<A: Data, B: Data> TaskInput for TwoInputHead<A, B> {
             }
         } else if Some(index) == i2 {
             let batch = op.recv(&self.rx2).map_err(|_| disconnected("input 2"))?;
+            self.metrics.count_in(&batch.events);
             let channel = batch.channel as usize;
             for event in batch.events {
                 if self.handle2(channel, event)? == Progress::Finished {
@@ -941,7 +1028,13 @@ mod tests {
         }
         let log = Log::default();
         let snapshots = SnapshotBuffer::default();
-        let mut head = OneInputHead::new(rx, 2, Box::new(log.clone()), snapshots.clone());
+        let mut head = OneInputHead::new(
+            rx,
+            2,
+            Box::new(log.clone()),
+            snapshots.clone(),
+            Arc::default(),
+        );
         let send = |channel: u32, events: Vec<Event<u32>>| {
             tx.send(Batch { channel, events }).unwrap();
         };
@@ -977,6 +1070,7 @@ mod tests {
                 max_parallelism: 128,
                 parallelism: 3,
             },
+            Arc::default(),
         );
         for v in 0..100u64 {
             ex.record(v, 0);

@@ -84,6 +84,7 @@ pub trait StreamType: Send + Sync {
         senders: &[Erased],
         partition: &Partition,
         shape: ExchangeShape,
+        metrics: Arc<crate::exec::TaskMetrics>,
     ) -> Result<Erased>;
     /// One output feeding all of `outputs` (each a `Box<dyn Output<T>>`).
     fn fan_out(&self, outputs: Vec<Erased>) -> Result<Erased>;
@@ -95,7 +96,12 @@ pub trait StreamType: Send + Sync {
         channels: usize,
         chain: Erased,
         snapshots: crate::checkpoint::SnapshotBuffer,
+        metrics: Arc<crate::exec::TaskMetrics>,
     ) -> Result<Box<dyn TaskInput>>;
+    /// Encodes what arrives on `rx` (an `Rx<T>`) for a remote receiver.
+    fn encoder(&self, rx: Erased) -> Result<Box<dyn crate::wire::BatchEncoder>>;
+    /// Decodes remote batches into a clone of `tx` (a `Tx<T>`).
+    fn decoder(&self, tx: &Erased) -> Result<Box<dyn crate::wire::BatchDecoder>>;
 }
 
 /// The [`StreamType`] of `T`.
@@ -136,6 +142,7 @@ impl<T: Data> StreamType for TypeOf<T> {
         senders: &[Erased],
         partition: &Partition,
         shape: ExchangeShape,
+        metrics: Arc<crate::exec::TaskMetrics>,
     ) -> Result<Erased> {
         let senders: Vec<Tx<T>> = senders
             .iter()
@@ -168,7 +175,8 @@ impl<T: Data> StreamType for TypeOf<T> {
                 parallelism: shape.receiver_parallelism,
             },
         };
-        let out: Box<dyn Output<T>> = Box::new(ExchangeOutput::new(channel, senders, partitioner));
+        let out: Box<dyn Output<T>> =
+            Box::new(ExchangeOutput::new(channel, senders, partitioner, metrics));
         Ok(Box::new(out))
     }
 
@@ -203,10 +211,26 @@ impl<T: Data> StreamType for TypeOf<T> {
         channels: usize,
         chain: Erased,
         snapshots: crate::checkpoint::SnapshotBuffer,
+        metrics: Arc<crate::exec::TaskMetrics>,
     ) -> Result<Box<dyn TaskInput>> {
         let rx = cast::<crate::exec::Rx<T>>(rx, "an input gate")?;
         let chain = cast::<Box<dyn Output<T>>>(chain, "a chain head")?;
-        Ok(Box::new(OneInputHead::new(rx, channels, chain, snapshots)))
+        Ok(Box::new(OneInputHead::new(
+            rx, channels, chain, snapshots, metrics,
+        )))
+    }
+
+    fn encoder(&self, rx: Erased) -> Result<Box<dyn crate::wire::BatchEncoder>> {
+        let rx = cast::<crate::exec::Rx<T>>(rx, "a remote exchange")?;
+        Ok(Box::new(crate::wire::ChannelEncoder(rx)))
+    }
+
+    fn decoder(&self, tx: &Erased) -> Result<Box<dyn crate::wire::BatchDecoder>> {
+        let tx = tx
+            .downcast_ref::<Tx<T>>()
+            .cloned()
+            .ok_or_else(|| Error::Graph("type mismatch in a remote exchange".into()))?;
+        Ok(Box::new(crate::wire::ChannelDecoder(tx)))
     }
 }
 

@@ -249,6 +249,19 @@ pub(crate) fn restore_keyed<K: Key>(
     timers: &mut TimerService<K>,
     info: &SubtaskInfo,
 ) -> Result<()> {
+    // A RocksDB store's own state travels under a companion uid: native
+    // snapshots (checkpoints) or key groups (savepoints).
+    if let Some(native) = info
+        .checkpoint
+        .operator(&rill_state::native::native_uid(&info.uid))
+    {
+        let range = info.key_groups()?;
+        let snapshots: Vec<&[u8]> = native.operator.values().map(Vec::as_slice).collect();
+        store.restore_native(&snapshots, range)?;
+        for (key_group, blob) in crate::checkpoint::restored_key_groups(Some(native), range) {
+            store.restore(key_group, blob)?;
+        }
+    }
     for (key_group, blob) in info.restored_key_groups()? {
         let group: KeyGroupSnapshot<K> = decode_state(&info.uid, blob)?;
         if let Some(state) = group.state {
@@ -264,16 +277,32 @@ pub(crate) fn restore_keyed<K: Key>(
     Ok(())
 }
 
-/// Keyed state and timers by key group, for a checkpoint.
+/// Keyed state and timers by key group, for checkpoint `id`. A RocksDB store
+/// reports its native snapshot under a companion uid instead, leaving only
+/// timers in the key groups.
 pub(crate) fn snapshot_keyed<K: Key>(
-    store: &KeyedStateStore<K>,
+    store: &mut KeyedStateStore<K>,
     timers: &TimerService<K>,
     info: &SubtaskInfo,
+    id: CheckpointId,
 ) -> Result<Vec<(usize, Vec<u8>)>> {
     let max = info.max_parallelism;
     let mut groups: BTreeMap<usize, KeyGroupSnapshot<K>> = BTreeMap::new();
-    for (key_group, blob) in store.snapshot(max)? {
-        groups.entry(key_group).or_default().state = Some(blob);
+    match store.native_snapshot(id, info.key_groups()?)? {
+        Some(native) => info
+            .with_uid(rill_state::native::native_uid(&info.uid))
+            .put_snapshot(
+                id,
+                OperatorState {
+                    keyed: native.pending,
+                    operator: Some(native.handle),
+                },
+            ),
+        None => {
+            for (key_group, blob) in store.snapshot(max)? {
+                groups.entry(key_group).or_default().state = Some(blob);
+            }
+        }
     }
     for (time, key) in timers.event.iter() {
         let group = groups.entry(key_group_of(key, max)).or_default();
@@ -343,8 +372,8 @@ where
         Ok(self)
     }
 
-    fn snapshot(&self, info: &SubtaskInfo) -> Result<OperatorState> {
-        let keyed = snapshot_keyed(&self.store, &self.timers, info)?;
+    fn snapshot(&mut self, info: &SubtaskInfo, id: CheckpointId) -> Result<OperatorState> {
+        let keyed = snapshot_keyed(&mut self.store, &self.timers, info, id)?;
         Ok(OperatorState {
             keyed,
             operator: Some(encode_state(&info.uid, &self.watermark)?),
@@ -352,8 +381,9 @@ where
     }
 
     fn on_barrier(&mut self, id: CheckpointId) {
-        if let Some(info) = &self.checkpoint {
-            info.report_snapshot(id, self.snapshot(info));
+        if let Some(info) = self.checkpoint.clone() {
+            let snapshot = self.snapshot(&info, id);
+            info.report_snapshot(id, snapshot);
         }
     }
 

@@ -36,6 +36,7 @@ pub mod source;
 pub mod stream;
 pub mod time;
 pub mod window;
+pub mod wire;
 
 pub use catalog::{Catalog, JobArgs, JobEntry};
 pub use config::Configuration;

@@ -112,6 +112,11 @@ pub enum CheckpointError {
     #[error("cannot start the checkpoint storage runtime: {0}")]
     Runtime(#[source] std::io::Error),
 
+    /// A local native snapshot handed over for upload cannot be used (its directory
+    /// is gone or its files differ from what the subtask reported).
+    #[error("local RocksDB snapshot {path}: {reason}")]
+    LocalSnapshot { path: String, reason: String },
+
     /// A background write (see `CheckpointStorage::write_async`) panicked.
     #[error("background checkpoint write panicked: {0}")]
     BackgroundWritePanicked(String),

@@ -14,13 +14,25 @@
 //!
 //! Each file's size and CRC32 are recorded in `_metadata`, which is JSON so that
 //! people and tools can inspect a checkpoint.
+//!
+//! A native RocksDB snapshot of a subtask is described in `_metadata` itself
+//! ([`NativeMetadata`] on the subtask's state file entry): its key-group
+//! range, its tables, and every database file with the path it lies under
+//! (in the checkpoint's own directory, or in the job's `shared/` directory
+//! when an incremental checkpoint shares it with others), its size and its
+//! CRC32. Keeping the file lists in `_metadata` lets retention count
+//! references to shared files from metadata alone.
 
 use serde::{Deserialize, Serialize};
 
 use crate::{CheckpointId, SnapshotKind};
 
-/// Version of the `_metadata` format written by this build.
+/// Version of the `_metadata` format written by this build for snapshots
+/// whose state is all in state files.
 pub const METADATA_FORMAT_VERSION: u32 = 1;
+/// Version written when a snapshot holds native RocksDB files (a `native`
+/// entry on a state file); the newest version this build reads.
+pub const NATIVE_METADATA_FORMAT_VERSION: u32 = 2;
 
 const STATE_MAGIC: &[u8; 8] = b"RILLSTA1";
 
@@ -198,6 +210,45 @@ pub struct FileMetadata {
     pub file: String,
     pub size: u64,
     pub crc32: u32,
+    /// The subtask's native RocksDB snapshot, if it reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native: Option<NativeMetadata>,
+}
+
+/// A native RocksDB snapshot of one subtask.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NativeMetadata {
+    /// Identity of the database instance the files come from.
+    pub db_id: String,
+    /// First and last key group the database holds.
+    pub key_group_start: usize,
+    pub key_group_end: usize,
+    /// Whether SST files were shared with other checkpoints.
+    pub incremental: bool,
+    pub tables: Vec<NativeTableMetadata>,
+    pub files: Vec<NativeFileMetadata>,
+}
+
+/// A state table (column family) of a native snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NativeTableMetadata {
+    pub name: String,
+    pub type_name: String,
+    pub ttl_ms: Option<i64>,
+}
+
+/// One database file of a native snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NativeFileMetadata {
+    /// Name in the database directory.
+    pub name: String,
+    /// Where it lies, relative to the storage root.
+    pub path: String,
+    pub size: u64,
+    pub crc32: u32,
 }
 
 /// Encode metadata as pretty JSON.
@@ -227,7 +278,8 @@ pub fn decode_metadata(bytes: &[u8]) -> Result<Metadata, MetadataError> {
     }
     let version: VersionOnly =
         serde_json::from_slice(bytes).map_err(|e| MetadataError::Corrupt(e.to_string()))?;
-    if version.format_version != METADATA_FORMAT_VERSION {
+    if !(METADATA_FORMAT_VERSION..=NATIVE_METADATA_FORMAT_VERSION).contains(&version.format_version)
+    {
         return Err(MetadataError::UnsupportedVersion(version.format_version));
     }
     let meta: Metadata =
@@ -269,6 +321,39 @@ fn validate_metadata(meta: &Metadata) -> Result<(), String> {
             if !files.insert(f.file.as_str()) {
                 return Err(format!("state file `{}` listed twice", f.file));
             }
+            if let Some(native) = &f.native {
+                if meta.format_version < NATIVE_METADATA_FORMAT_VERSION {
+                    return Err(format!(
+                        "state file `{}` has native files, which format version {} cannot hold",
+                        f.file, meta.format_version
+                    ));
+                }
+                validate_native(native, op.max_parallelism)
+                    .map_err(|reason| format!("native snapshot of `{}`: {reason}", f.file))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_native(native: &NativeMetadata, max_parallelism: usize) -> Result<(), String> {
+    if native.key_group_start > native.key_group_end || native.key_group_end >= max_parallelism {
+        return Err(format!(
+            "key groups {}..={} do not fit max parallelism {max_parallelism}",
+            native.key_group_start, native.key_group_end
+        ));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for f in &native.files {
+        if !crate::layout::is_plain_file_name(&f.name) {
+            return Err(format!("file name {:?} is not allowed", f.name));
+        }
+        if !names.insert(f.name.as_str()) {
+            return Err(format!("file `{}` listed twice", f.name));
+        }
+        if f.path.is_empty() || crate::layout::normalize_relative(&f.path).as_deref() != Ok(&f.path)
+        {
+            return Err(format!("file path {:?} is not allowed", f.path));
         }
     }
     Ok(())
@@ -295,12 +380,14 @@ mod tests {
                         file: "Source~3A~20x-0.state".into(),
                         size: 10,
                         crc32: 0xdead_beef,
+                        native: None,
                     },
                     FileMetadata {
                         subtask: 1,
                         file: "Source~3A~20x-1.state".into(),
                         size: 11,
                         crc32: 7,
+                        native: None,
                     },
                 ],
             }],

@@ -5,6 +5,8 @@
 //!
 //! ```text
 //! <job-id>/chk-<n>/<uid-escaped>-<subtask>.state
+//! <job-id>/chk-<n>/<uid-escaped>-<subtask>.native/<file>      native RocksDB files
+//! <job-id>/shared/<uid-escaped>-<subtask>-<db-id>/<n>-<file>  SST files of incremental checkpoints
 //! <job-id>/chk-<n>/_metadata
 //! savepoints/savepoint-<job-id>-<n>-<random>/<uid-escaped>-<subtask>.state
 //! savepoints/savepoint-<job-id>-<n>-<random>/_metadata
@@ -12,6 +14,11 @@
 //!
 //! A snapshot directory is complete only when its `_metadata` exists and is valid; it
 //! is always written last.
+//!
+//! Shared files are named after the checkpoint `<n>` that uploaded them, so that
+//! retention can tell a file no retained checkpoint references (delete it) from one
+//! a checkpoint still in progress has just uploaded (`<n>` newer than every
+//! complete checkpoint: keep it).
 
 use crate::{CheckpointError, CheckpointId};
 
@@ -25,6 +32,11 @@ pub const CHECKPOINT_PREFIX: &str = "chk-";
 pub const SAVEPOINT_PREFIX: &str = "savepoint-";
 /// Extension of state files.
 pub const STATE_SUFFIX: &str = ".state";
+
+/// Directory (under the job directory) of files shared between checkpoints.
+pub const SHARED_DIR: &str = "shared";
+/// Extension of the directory holding a subtask's native files in a snapshot.
+pub const NATIVE_SUFFIX: &str = ".native";
 
 /// Escaped uids longer than this are shortened and suffixed with a hash so the file
 /// name stays well under common 255-byte file-name limits. The metadata records the
@@ -180,6 +192,54 @@ pub fn state_file_name(uid: &str, subtask: usize) -> String {
     format!("{}-{subtask}{STATE_SUFFIX}", escape_uid(uid))
 }
 
+/// `<dir>/<uid-escaped>-<subtask>.native`: a subtask's native files kept
+/// with one snapshot only.
+pub fn native_dir(snapshot_dir: &str, uid: &str, subtask: usize) -> String {
+    join(
+        snapshot_dir,
+        &format!("{}-{subtask}{NATIVE_SUFFIX}", escape_uid(uid)),
+    )
+}
+
+/// `<job-id>/shared`
+pub fn shared_dir(job_id: &str) -> String {
+    join(&job_dir(job_id), SHARED_DIR)
+}
+
+/// `<job-id>/shared/<uid-escaped>-<subtask>-<db-id>/<n>-<file>`: a file that
+/// checkpoint `<n>` uploaded and later checkpoints may reference.
+pub fn shared_file_path(
+    job_id: &str,
+    uid: &str,
+    subtask: usize,
+    db_id: &str,
+    checkpoint: CheckpointId,
+    file: &str,
+) -> String {
+    format!(
+        "{}/{}-{subtask}-{}/{checkpoint}-{file}",
+        shared_dir(job_id),
+        escape_uid(uid),
+        escape_uid(db_id)
+    )
+}
+
+/// Whether `path` lies in the shared directory of `job_id`.
+pub fn is_shared_path(job_id: &str, path: &str) -> bool {
+    path.strip_prefix(&shared_dir(job_id))
+        .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The checkpoint that uploaded a shared file, from the file's name.
+pub fn shared_file_checkpoint(path: &str) -> Option<CheckpointId> {
+    let name = path.rsplit('/').next()?;
+    let (id, rest) = name.split_once('-')?;
+    if rest.is_empty() || id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    id.parse().ok()
+}
+
 /// Split a state file name into its escaped uid and subtask (split at the last `-`).
 pub fn parse_state_file_name(name: &str) -> Option<(&str, usize)> {
     let stem = name.strip_suffix(STATE_SUFFIX)?;
@@ -279,6 +339,22 @@ mod tests {
         );
         assert_eq!(join("", "x"), "x");
         assert_eq!(join("a/b", "x"), "a/b/x");
+    }
+
+    #[test]
+    fn native_and_shared_paths() {
+        assert_eq!(
+            native_dir("job/chk-3", "op#rocksdb", 1),
+            "job/chk-3/op~23rocksdb-1.native"
+        );
+        let shared = shared_file_path("job", "op#rocksdb", 1, "00ff", 7, "000012.sst");
+        assert_eq!(shared, "job/shared/op~23rocksdb-1-00ff/7-000012.sst");
+        assert!(is_shared_path("job", &shared));
+        assert!(!is_shared_path("job", "job/sharedx/a"));
+        assert!(!is_shared_path("jo", &shared));
+        assert_eq!(shared_file_checkpoint(&shared), Some(7));
+        assert_eq!(shared_file_checkpoint("job/shared/x/000012.sst"), None);
+        assert_eq!(shared_file_checkpoint("job/shared/x/7-"), None);
     }
 
     #[test]

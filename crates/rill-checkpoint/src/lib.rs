@@ -42,7 +42,7 @@ pub mod layout;
 mod storage;
 
 pub use error::{CheckpointError, Result};
-pub use storage::{CheckpointStorage, WriteHandle};
+pub use storage::{CheckpointStorage, WriteHandle, WriteStats};
 
 /// Identifier of a checkpoint or savepoint within a job.
 pub type CheckpointId = u64;

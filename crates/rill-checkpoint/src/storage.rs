@@ -5,8 +5,16 @@
 //! it. Write order is the durability contract: every state file first, `_metadata`
 //! last; a directory without a valid `_metadata` is never treated as a snapshot, and
 //! deletion removes `_metadata` first so a half-deleted snapshot is never "complete".
+//!
+//! Native RocksDB snapshots arrive as local directories (see
+//! `rill_state::native`): `write` uploads their files, from the caller's thread
+//! rather than the task's, and removes the directory afterwards. Checkpoints keep
+//! the files (all of them, or for incremental ones the SST files not already held
+//! by the newest complete checkpoint, under `<job>/shared/`); savepoints turn the
+//! database into the portable key-group format so they stay self-contained.
+//! `retain` deletes shared files that no retained checkpoint's `_metadata` lists.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -18,11 +26,18 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::backend::Backend;
-use crate::format::{self, FileMetadata, Metadata, MetadataError, OperatorMetadata};
+use crate::format::{
+    self, FileMetadata, Metadata, MetadataError, NativeFileMetadata, NativeMetadata,
+    NativeTableMetadata, OperatorMetadata,
+};
 use crate::layout::{self, LocationShape};
 use crate::{
     CheckpointError, CheckpointId, OperatorSnapshot, Result, Snapshot, SnapshotKind, SubtaskState,
 };
+use rill_state::native::{
+    LocalSnapshot, RemoteFile, RestoredFile, RestoredSnapshot, TableInfo, NATIVE_UID_SUFFIX,
+};
+use rill_state::KeyGroupRange;
 
 /// How many files are uploaded or downloaded at once.
 const IO_CONCURRENCY: usize = 8;
@@ -77,6 +92,68 @@ impl WriteHandle {
             }
         }
     }
+}
+
+/// What one [`CheckpointStorage::write_with_stats`] call stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Files uploaded (state files, native files, `_metadata`).
+    pub files_uploaded: usize,
+    /// Bytes of those files.
+    pub bytes_uploaded: u64,
+    /// Native files referenced from earlier checkpoints instead of uploaded.
+    pub files_reused: usize,
+    /// Bytes of those files.
+    pub bytes_reused: u64,
+}
+
+/// Local snapshot directories taken over for upload; removed when dropped,
+/// whether the upload succeeded or not.
+struct Claimed(Vec<std::path::PathBuf>);
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            if let Err(e) = rill_state::native::remove_local_dir(dir) {
+                tracing::warn!(error = %e, "local snapshot not removed");
+            }
+        }
+    }
+}
+
+fn local_err(dir: &std::path::Path, reason: impl std::fmt::Display) -> CheckpointError {
+    CheckpointError::LocalSnapshot {
+        path: dir.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Takes over a local snapshot directory by renaming it, so the store that
+/// made it no longer removes it (a store removes unclaimed old snapshots).
+fn claim(local: &mut LocalSnapshot, claimed: &mut Claimed) -> Result<()> {
+    let mut target = local.dir.clone().into_os_string();
+    target.push(".uploading");
+    let target = std::path::PathBuf::from(target);
+    std::fs::rename(&local.dir, &target).map_err(|e| local_err(&local.dir, e))?;
+    claimed.0.push(target.clone());
+    local.dir = target;
+    Ok(())
+}
+
+/// Merges two key-group blobs of the store format (lists of `(table, entries)`).
+fn merge_group_blobs(a: &[u8], b: &[u8]) -> std::result::Result<Vec<u8>, rill_state::StateError> {
+    let mut tables: Vec<(String, Vec<u8>)> = rill_state::codec::decode(a)?;
+    tables.extend(rill_state::codec::decode::<Vec<(String, Vec<u8>)>>(b)?);
+    rill_state::codec::encode(&tables)
+}
+
+/// A native file to upload: where it comes from and where it goes.
+struct NativeUpload {
+    part: usize,
+    file: usize,
+    source: std::path::PathBuf,
+    size: u64,
+    dest: String,
 }
 
 fn storage_err(
@@ -295,6 +372,34 @@ impl CheckpointStorage {
         Ok(location)
     }
 
+    /// [`write`](Self::write), also reporting what was uploaded and what was
+    /// referenced from earlier checkpoints.
+    pub fn write_with_stats(
+        &self,
+        job_id: &str,
+        snapshot_id: CheckpointId,
+        kind: SnapshotKind,
+        parts: Vec<SubtaskState>,
+    ) -> Result<(String, WriteStats)> {
+        layout::validate_job_id(job_id)?;
+        let ops = plan_parts(parts)?;
+        let dir = match kind {
+            SnapshotKind::Checkpoint => layout::checkpoint_dir(job_id, snapshot_id),
+            SnapshotKind::Savepoint => layout::savepoint_dir(job_id, snapshot_id, &short_random()),
+        };
+        let location = self.inner.backend.uri_of(&dir);
+        let stats =
+            self.block_on(self.write_dir(&dir, &location, job_id, snapshot_id, kind, ops))?;
+        Ok((location, stats))
+    }
+
+    /// The validated `_metadata` of the snapshot in `location` (state files are
+    /// not read).
+    pub fn metadata(&self, location: &str) -> Result<Metadata> {
+        let rel = self.inner.backend.resolve(location)?;
+        self.block_on(self.read_metadata(&rel))
+    }
+
     /// [`write`](Self::write) on a background thread, so the caller's stream keeps
     /// flowing while the upload runs. Wait on the returned handle for the location.
     pub fn write_async(
@@ -317,6 +422,7 @@ impl CheckpointStorage {
         WriteHandle { thread }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn write_dir(
         &self,
         dir: &str,
@@ -324,11 +430,45 @@ impl CheckpointStorage {
         job_id: &str,
         id: CheckpointId,
         kind: SnapshotKind,
-        ops: BTreeMap<String, OperatorPlan>,
-    ) -> Result<()> {
+        mut ops: BTreeMap<String, OperatorPlan>,
+    ) -> Result<WriteStats> {
         let store = self.store();
         let meta_rel = layout::metadata_path(dir);
         let meta_path = to_path(&meta_rel)?;
+        // Native snapshots are taken over first, so their directories go away
+        // whatever happens below.
+        let mut claimed = Claimed(Vec::new());
+        let mut natives: Vec<(String, usize, LocalSnapshot)> = Vec::new();
+        for (uid, plan) in ops.iter_mut() {
+            if !uid.ends_with(NATIVE_UID_SUFFIX) {
+                continue;
+            }
+            for (subtask, part) in plan.parts.iter_mut() {
+                let Some(blob) = part
+                    .operator
+                    .take_if(|b| LocalSnapshot::is_local_snapshot(b))
+                else {
+                    continue;
+                };
+                let mut local = LocalSnapshot::decode(&blob).map_err(|e| {
+                    CheckpointError::InconsistentParts {
+                        uid: uid.clone(),
+                        reason: format!("subtask {subtask}: {e}"),
+                    }
+                })?;
+                claim(&mut local, &mut claimed)?;
+                if local.max_parallelism != plan.max_parallelism {
+                    return Err(CheckpointError::InconsistentParts {
+                        uid: uid.clone(),
+                        reason: format!(
+                            "subtask {subtask} reports a RocksDB snapshot of max parallelism {}",
+                            local.max_parallelism
+                        ),
+                    });
+                }
+                natives.push((uid.clone(), *subtask, local));
+            }
+        }
         match store.head(&meta_path).await {
             Ok(_) => {
                 return Err(CheckpointError::AlreadyExists {
@@ -338,6 +478,157 @@ impl CheckpointStorage {
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(storage_err("head", &meta_rel)(e)),
         }
+
+        let mut stats = WriteStats::default();
+        // Savepoints hold the portable key-group format, never database files.
+        if kind == SnapshotKind::Savepoint {
+            for (uid, subtask, local) in std::mem::take(&mut natives) {
+                let groups = rill_state::native::key_group_blobs(
+                    &local.dir,
+                    local.max_parallelism,
+                    &local.tables,
+                    Some(local.key_groups),
+                )
+                .map_err(|e| local_err(&local.dir, e))?;
+                let Some(part) = ops.get_mut(&uid).and_then(|p| p.parts.get_mut(&subtask)) else {
+                    unreachable!("the native part came from this plan");
+                };
+                let mut keyed: BTreeMap<usize, Vec<u8>> =
+                    std::mem::take(&mut part.keyed).into_iter().collect();
+                for (kg, blob) in groups {
+                    let merged = match keyed.remove(&kg) {
+                        Some(pending) => merge_group_blobs(&pending, &blob)
+                            .map_err(|e| local_err(&local.dir, e))?,
+                        None => blob,
+                    };
+                    keyed.insert(kg, merged);
+                }
+                part.keyed = keyed.into_iter().collect();
+            }
+        }
+
+        // Incremental checkpoints reuse SST files the newest complete checkpoint holds.
+        let base = if natives.iter().any(|(_, _, l)| l.incremental) {
+            self.shared_files_of_latest(job_id).await?
+        } else {
+            HashMap::new()
+        };
+        let mut described: Vec<NativeMetadata> = Vec::with_capacity(natives.len());
+        let mut native_uploads: Vec<NativeUpload> = Vec::new();
+        for (index, (uid, subtask, local)) in natives.iter().enumerate() {
+            let mut files = Vec::with_capacity(local.files.len());
+            for (file_index, f) in local.files.iter().enumerate() {
+                if !layout::is_plain_file_name(&f.name) {
+                    return Err(local_err(&local.dir, format!("file name {:?}", f.name)));
+                }
+                let shareable = local.incremental && LocalSnapshot::is_shareable(&f.name);
+                let mut reused = None;
+                if shareable {
+                    reused = base
+                        .get(&(local.db_id.clone(), f.name.clone()))
+                        .filter(|r| r.size == f.size)
+                        .cloned();
+                    if reused.is_none() {
+                        if let Some(r) = f
+                            .uploaded
+                            .as_ref()
+                            .filter(|r| r.size == f.size && layout::is_shared_path(job_id, &r.path))
+                        {
+                            // Inherited from the restored checkpoint: still there?
+                            match store.head(&to_path(&r.path)?).await {
+                                Ok(m) if m.size == f.size => reused = Some(r.clone()),
+                                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                                Err(e) => return Err(storage_err("head", &r.path)(e)),
+                            }
+                        }
+                    }
+                }
+                match reused {
+                    Some(r) => {
+                        stats.files_reused += 1;
+                        stats.bytes_reused += r.size;
+                        files.push(NativeFileMetadata {
+                            name: f.name.clone(),
+                            path: r.path,
+                            size: r.size,
+                            crc32: r.crc32,
+                        });
+                    }
+                    None => {
+                        let dest = if shareable {
+                            layout::shared_file_path(
+                                job_id,
+                                uid,
+                                *subtask,
+                                &local.db_id,
+                                id,
+                                &f.name,
+                            )
+                        } else {
+                            layout::join(&layout::native_dir(dir, uid, *subtask), &f.name)
+                        };
+                        native_uploads.push(NativeUpload {
+                            part: index,
+                            file: file_index,
+                            source: local.dir.join(&f.name),
+                            size: f.size,
+                            dest: dest.clone(),
+                        });
+                        files.push(NativeFileMetadata {
+                            name: f.name.clone(),
+                            path: dest,
+                            size: f.size,
+                            crc32: 0,
+                        });
+                    }
+                }
+            }
+            described.push(NativeMetadata {
+                db_id: local.db_id.clone(),
+                key_group_start: local.key_groups.start,
+                key_group_end: local.key_groups.end,
+                incremental: local.incremental,
+                tables: local
+                    .tables
+                    .iter()
+                    .map(|t| NativeTableMetadata {
+                        name: t.name.clone(),
+                        type_name: t.type_name.clone(),
+                        ttl_ms: t.ttl_ms,
+                    })
+                    .collect(),
+                files,
+            });
+        }
+        let checksums: Vec<(usize, usize, u32, u64)> = stream::iter(native_uploads)
+            .map(|u| async move {
+                let bytes = std::fs::read(&u.source).map_err(|e| local_err(&u.source, e))?;
+                if bytes.len() as u64 != u.size {
+                    return Err(local_err(
+                        &u.source,
+                        format!("has {} bytes, the subtask reported {}", bytes.len(), u.size),
+                    ));
+                }
+                let crc = format::checksum(&bytes);
+                store
+                    .put(&to_path(&u.dest)?, PutPayload::from(bytes))
+                    .await
+                    .map_err(storage_err("put", &u.dest))?;
+                Ok::<_, CheckpointError>((u.part, u.file, crc, u.size))
+            })
+            .buffer_unordered(IO_CONCURRENCY)
+            .try_collect()
+            .await?;
+        for (part, file, crc, size) in checksums {
+            described[part].files[file].crc32 = crc;
+            stats.files_uploaded += 1;
+            stats.bytes_uploaded += size;
+        }
+        let mut native_of: HashMap<(String, usize), NativeMetadata> = natives
+            .iter()
+            .map(|(uid, subtask, _)| (uid.clone(), *subtask))
+            .zip(described)
+            .collect();
 
         let mut operators = Vec::with_capacity(ops.len());
         let mut uploads = Vec::new();
@@ -352,6 +643,7 @@ impl CheckpointStorage {
                     file: file.clone(),
                     size: bytes.len() as u64,
                     crc32: format::checksum(&bytes),
+                    native: native_of.remove(&(uid.clone(), subtask)),
                 });
                 uploads.push((layout::join(dir, &file), bytes));
             }
@@ -362,6 +654,8 @@ impl CheckpointStorage {
                 files,
             });
         }
+        stats.files_uploaded += uploads.len() + 1;
+        stats.bytes_uploaded += uploads.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
 
         stream::iter(uploads)
             .map(|(rel, bytes)| async move {
@@ -376,19 +670,76 @@ impl CheckpointStorage {
             .try_collect::<Vec<()>>()
             .await?;
 
+        let has_native = operators
+            .iter()
+            .any(|op| op.files.iter().any(|f| f.native.is_some()));
         let meta = Metadata {
-            format_version: format::METADATA_FORMAT_VERSION,
+            format_version: if has_native {
+                format::NATIVE_METADATA_FORMAT_VERSION
+            } else {
+                format::METADATA_FORMAT_VERSION
+            },
             job_id: job_id.to_string(),
             id,
             kind,
             created_ms: now_ms(),
             operators,
         };
+        let meta_bytes = format::encode_metadata(&meta);
+        stats.bytes_uploaded += meta_bytes.len() as u64;
         store
-            .put(&meta_path, PutPayload::from(format::encode_metadata(&meta)))
+            .put(&meta_path, PutPayload::from(meta_bytes))
             .await
             .map_err(storage_err("put", &meta_rel))?;
-        Ok(())
+        drop(claimed);
+        Ok(stats)
+    }
+
+    /// The shared native files of the job's newest complete checkpoint, by
+    /// (database id, file name).
+    async fn shared_files_of_latest(
+        &self,
+        job_id: &str,
+    ) -> Result<HashMap<(String, String), RemoteFile>> {
+        let mut out = HashMap::new();
+        for id in self
+            .checkpoint_dirs(&layout::job_dir(job_id))
+            .await?
+            .into_iter()
+            .rev()
+        {
+            let meta = match self
+                .read_metadata(&layout::checkpoint_dir(job_id, id))
+                .await
+            {
+                Ok(meta) => meta,
+                Err(e) if e.is_snapshot_damage() => continue,
+                Err(e) => return Err(e),
+            };
+            for native in meta
+                .operators
+                .iter()
+                .flat_map(|op| &op.files)
+                .filter_map(|f| f.native.as_ref())
+            {
+                for f in native
+                    .files
+                    .iter()
+                    .filter(|f| layout::is_shared_path(job_id, &f.path))
+                {
+                    out.insert(
+                        (native.db_id.clone(), f.name.clone()),
+                        RemoteFile {
+                            path: f.path.clone(),
+                            size: f.size,
+                            crc32: f.crc32,
+                        },
+                    );
+                }
+            }
+            break;
+        }
+        Ok(out)
     }
 
     /// Read and fully verify the snapshot in `location` (a `chk-<n>` or savepoint
@@ -420,7 +771,7 @@ impl CheckpointStorage {
             MetadataError::UnsupportedVersion(found) => CheckpointError::UnsupportedFormatVersion {
                 location: location.clone(),
                 found,
-                supported: format::METADATA_FORMAT_VERSION,
+                supported: format::NATIVE_METADATA_FORMAT_VERSION,
             },
         })?;
         if let LocationShape::Checkpoint { job_id, id } = layout::classify(rel) {
@@ -487,6 +838,68 @@ impl CheckpointStorage {
             .try_collect()
             .await?;
 
+        // Native database files, verified like state files.
+        let mut native_jobs = Vec::new();
+        for (op_index, op) in meta.operators.iter().enumerate() {
+            for f in &op.files {
+                let Some(native) = &f.native else { continue };
+                for (file_index, nf) in native.files.iter().enumerate() {
+                    let inside = nf
+                        .path
+                        .strip_prefix(rel)
+                        .is_some_and(|rest| rest.starts_with('/'));
+                    if !inside && !layout::is_shared_path(&meta.job_id, &nf.path) {
+                        return Err(CheckpointError::CorruptMetadata {
+                            location: location.clone(),
+                            reason: format!(
+                                "native file `{}` lies outside the snapshot and the job's shared files",
+                                nf.path
+                            ),
+                        });
+                    }
+                    native_jobs.push((op_index, f.subtask, file_index, nf.clone()));
+                }
+            }
+        }
+        let fetched: Vec<(usize, usize, usize, bytes::Bytes)> = stream::iter(native_jobs)
+            .map(|(op_index, subtask, file_index, nf)| async move {
+                let Some(bytes) = self.fetch(&nf.path).await? else {
+                    return Err(CheckpointError::MissingStateFile {
+                        location: location_ref.clone(),
+                        file: nf.path.clone(),
+                    });
+                };
+                if bytes.len() as u64 != nf.size {
+                    return Err(CheckpointError::SizeMismatch {
+                        location: location_ref.clone(),
+                        file: nf.path.clone(),
+                        expected: nf.size,
+                        actual: bytes.len() as u64,
+                    });
+                }
+                let actual = format::checksum(&bytes);
+                if actual != nf.crc32 {
+                    return Err(CheckpointError::ChecksumMismatch {
+                        location: location_ref.clone(),
+                        file: nf.path.clone(),
+                        expected: nf.crc32,
+                        actual,
+                    });
+                }
+                Ok((op_index, subtask, file_index, bytes))
+            })
+            .buffer_unordered(IO_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut native_bytes: HashMap<(usize, usize), BTreeMap<usize, bytes::Bytes>> =
+            HashMap::new();
+        for (op_index, subtask, file_index, bytes) in fetched {
+            native_bytes
+                .entry((op_index, subtask))
+                .or_default()
+                .insert(file_index, bytes);
+        }
+
         let mut operators: BTreeMap<String, OperatorSnapshot> = meta
             .operators
             .iter()
@@ -531,6 +944,52 @@ impl CheckpointStorage {
                 }
             }
             if let Some(blob) = state.operator {
+                op.operator.insert(f.subtask, blob);
+            }
+            if let Some(native) = &f.native {
+                if op.operator.contains_key(&f.subtask) {
+                    return Err(corrupt(
+                        "it holds operator state and `_metadata` lists native files for it"
+                            .to_string(),
+                    ));
+                }
+                let mut bytes = native_bytes
+                    .remove(&(op_index, f.subtask))
+                    .unwrap_or_default();
+                let restored = RestoredSnapshot {
+                    db_id: native.db_id.clone(),
+                    max_parallelism: op.max_parallelism,
+                    key_groups: KeyGroupRange {
+                        start: native.key_group_start,
+                        end: native.key_group_end,
+                    },
+                    tables: native
+                        .tables
+                        .iter()
+                        .map(|t| TableInfo {
+                            name: t.name.clone(),
+                            type_name: t.type_name.clone(),
+                            ttl_ms: t.ttl_ms,
+                        })
+                        .collect(),
+                    files: native
+                        .files
+                        .iter()
+                        .enumerate()
+                        .map(|(i, nf)| RestoredFile {
+                            name: nf.name.clone(),
+                            shared: layout::is_shared_path(&meta.job_id, &nf.path).then(|| {
+                                RemoteFile {
+                                    path: nf.path.clone(),
+                                    size: nf.size,
+                                    crc32: nf.crc32,
+                                }
+                            }),
+                            bytes: bytes.remove(&i).map(|b| b.to_vec()).unwrap_or_default(),
+                        })
+                        .collect(),
+                };
+                let blob = restored.encode().map_err(|e| corrupt(e.to_string()))?;
                 op.operator.insert(f.subtask, blob);
             }
         }
@@ -700,7 +1159,115 @@ impl CheckpointStorage {
             if !doomed.is_empty() {
                 tracing::debug!(job_id, ?doomed, "old checkpoints deleted");
             }
+            if let Some(newest) = newest_complete {
+                let kept: Vec<CheckpointId> = complete
+                    .iter()
+                    .copied()
+                    .filter(|id| !doomed.contains(id))
+                    .collect();
+                self.delete_unreferenced_shared(job_id, &kept, newest)
+                    .await?;
+            }
             Ok(doomed)
+        })
+    }
+
+    /// Shared files no checkpoint in `kept` references. Files uploaded by a
+    /// checkpoint newer than `newest` (the newest complete one) may belong to
+    /// a checkpoint still being written, and files whose name does not say
+    /// which checkpoint uploaded them are not ours to judge; both are left.
+    async fn unreferenced_shared(
+        &self,
+        job_id: &str,
+        kept: &[CheckpointId],
+        newest: CheckpointId,
+    ) -> Result<Vec<Path>> {
+        let mut referenced: HashSet<String> = HashSet::new();
+        for id in kept {
+            let meta = match self
+                .read_metadata(&layout::checkpoint_dir(job_id, *id))
+                .await
+            {
+                Ok(meta) => meta,
+                // Unreadable metadata makes the checkpoint unusable; its files go.
+                Err(e) if e.is_snapshot_damage() => continue,
+                Err(e) => return Err(e),
+            };
+            for native in meta
+                .operators
+                .iter()
+                .flat_map(|op| &op.files)
+                .filter_map(|f| f.native.as_ref())
+            {
+                referenced.extend(native.files.iter().map(|f| f.path.clone()));
+            }
+        }
+        let shared = layout::shared_dir(job_id);
+        let listed: Vec<Path> = match self
+            .store()
+            .list(Some(&to_path(&shared)?))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+        {
+            Ok(files) => files,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(storage_err("list", &shared)(e)),
+        };
+        Ok(listed
+            .into_iter()
+            .filter(|p| {
+                !referenced.contains(p.as_ref())
+                    && layout::shared_file_checkpoint(p.as_ref()).is_some_and(|n| n <= newest)
+            })
+            .collect())
+    }
+
+    async fn delete_unreferenced_shared(
+        &self,
+        job_id: &str,
+        kept: &[CheckpointId],
+        newest: CheckpointId,
+    ) -> Result<()> {
+        let doomed = self.unreferenced_shared(job_id, kept, newest).await?;
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let count = doomed.len();
+        let results: Vec<object_store::Result<Path>> = self
+            .store()
+            .delete_stream(stream::iter(doomed.into_iter().map(Ok)).boxed())
+            .collect()
+            .await;
+        for result in results {
+            match result {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(storage_err("delete", &layout::shared_dir(job_id))(e)),
+            }
+        }
+        tracing::debug!(job_id, count, "unreferenced shared files deleted");
+        Ok(())
+    }
+
+    /// Paths (relative to the root) of the job's shared files, sorted.
+    pub fn shared_files(&self, job_id: &str) -> Result<Vec<String>> {
+        layout::validate_job_id(job_id)?;
+        let shared = layout::shared_dir(job_id);
+        self.block_on(async {
+            let listed: Vec<String> = match self
+                .store()
+                .list(Some(&to_path(&shared)?))
+                .map_ok(|m| m.location.to_string())
+                .try_collect()
+                .await
+            {
+                Ok(files) => files,
+                Err(object_store::Error::NotFound { .. }) => Vec::new(),
+                Err(e) => return Err(storage_err("list", &shared)(e)),
+            };
+            let mut listed = listed;
+            listed.sort();
+            Ok(listed)
         })
     }
 

@@ -10,6 +10,7 @@
 pub mod cluster;
 pub mod coordinator;
 pub mod local;
+pub mod options;
 pub mod plan;
 pub mod restart;
 

@@ -20,7 +20,9 @@ use rill_api::checkpoint::{
     CheckpointContext, CheckpointId, RestoredOperator, RestoredState, SnapshotBuffer, Snapshotted,
     StateBackend,
 };
-use rill_api::exec::{FailureSlot, Progress, SubtaskInfo, TaskInput, CHANNEL_CAPACITY};
+use rill_api::exec::{
+    FailureSlot, Progress, SubtaskInfo, TaskInput, TaskMetrics, CHANNEL_CAPACITY,
+};
 use rill_api::function::SideOutputs;
 use rill_api::graph::{Erased, ExchangeShape, JobGraph, NodeKind};
 use rill_api::{Error, Signal};
@@ -60,11 +62,31 @@ pub struct JobOptions {
     pub savepoint_storage: Option<CheckpointStorage>,
     /// The state the first attempt starts from.
     pub restore: Option<Arc<RestoredState>>,
+    /// Where `restore` was read from (TaskManagers read it again there).
+    pub restore_location: Option<String>,
     /// Ignore restored state of operators the job no longer has.
     pub allow_non_restored_state: bool,
     pub restart: RestartStrategy,
     /// Where keyed state lives (`state.backend.type`).
     pub state_backend: StateBackend,
+    /// Told about attempts, restarts and checkpoints.
+    pub observer: Option<Arc<dyn JobObserver>>,
+}
+
+/// Hooks into a job's lifecycle (the JobManager records status and HA
+/// pointers through them). Every method has a no-op default.
+pub trait JobObserver: Send + Sync {
+    /// Attempt `attempt` (0 first) has been deployed.
+    fn running(&self, _attempt: u32) {}
+    /// The attempt failed and the job restarts after `delay`.
+    fn restarting(&self, _error: &RuntimeError, _delay: Duration) {}
+    /// A checkpoint or savepoint completed. An error (e.g. lost
+    /// leadership) fails the job without restarts.
+    fn snapshot_completed(&self, _stats: &SnapshotStats) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+    /// A checkpoint or savepoint was declined or could not be written.
+    fn snapshot_failed(&self, _id: CheckpointId, _kind: SnapshotKind, _reason: &str) {}
 }
 
 impl Default for JobOptions {
@@ -75,9 +97,11 @@ impl Default for JobOptions {
             checkpoint_storage: None,
             savepoint_storage: None,
             restore: None,
+            restore_location: None,
             allow_non_restored_state: false,
             restart: RestartStrategy::None,
             state_backend: StateBackend::HashMap,
+            observer: None,
         }
     }
 }
@@ -123,6 +147,11 @@ impl JobControl {
     /// Cancels the job (it ends with [`RuntimeError::Cancelled`]).
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the job was asked to cancel.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
     }
 
     /// Takes a savepoint, then stops the job; the report names the savepoint.
@@ -173,7 +202,7 @@ struct Gate {
     edge_offsets: Vec<usize>,
 }
 
-struct Wiring<'g> {
+pub(crate) struct Wiring<'g> {
     graph: &'g JobGraph,
     plan: Plan,
     /// `gates[node][gate]` for task heads with inputs.
@@ -190,18 +219,49 @@ struct Wiring<'g> {
 struct TaskShared {
     failure: FailureSlot,
     snapshots: SnapshotBuffer,
+    metrics: Arc<TaskMetrics>,
 }
 
-struct Task {
+pub(crate) struct Task {
+    /// Position in the plan (heads in plan order, then subtask index).
+    index: usize,
     name: String,
     input: Box<dyn TaskInput>,
     shared: TaskShared,
     is_source: bool,
 }
 
+/// Where the tasks of a plan run when they are spread over processes: the
+/// wiring builds only local tasks and hands the ends of exchanges with
+/// remote subtasks to the network.
+pub(crate) trait Placement {
+    /// Does subtask `index` of the task headed by `head` run here?
+    fn is_local(&self, head: usize, index: usize) -> bool;
+    /// The channel into remote subtask `receiver` of `consumer`'s input
+    /// `gate`: local senders write into it; `rx` is its receiving end.
+    fn outbound(
+        &mut self,
+        consumer: usize,
+        gate: usize,
+        receiver: usize,
+        rx: Erased,
+        ty: &Arc<dyn rill_api::graph::StreamType>,
+    ) -> Result<(), Error>;
+    /// The sending end of local subtask `receiver`'s input `gate`, for
+    /// remote senders.
+    fn inbound(
+        &mut self,
+        consumer: usize,
+        gate: usize,
+        receiver: usize,
+        tx: &Erased,
+        ty: &Arc<dyn rill_api::graph::StreamType>,
+    ) -> Result<(), Error>;
+}
+
 /// What the executor tells a running task.
-#[derive(Debug, Clone, Copy)]
-enum TaskCommand {
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub(crate) enum TaskCommand {
     /// Start checkpoint `id` (sources only).
     Trigger(CheckpointId),
     /// Checkpoint `id` is complete: commit.
@@ -211,14 +271,52 @@ enum TaskCommand {
 }
 
 /// What a task tells the executor.
-enum TaskEvent {
+pub(crate) enum TaskEvent {
     Snapshot(Snapshotted),
-    Done(String, Result<(), RuntimeError>),
+    /// Task `task` (its position in the plan) ended.
+    Done {
+        task: usize,
+        name: String,
+        result: Result<(), RuntimeError>,
+    },
 }
 
-struct RunningTask {
-    commands: Sender<TaskCommand>,
-    is_source: bool,
+/// Sends a command to one task, wherever it runs.
+pub(crate) type CommandSink = Box<dyn Fn(TaskCommand) + Send>;
+
+pub(crate) struct RunningTask {
+    pub commands: CommandSink,
+    pub is_source: bool,
+}
+
+/// One deployed attempt of a job, as the supervising loop sees it.
+pub(crate) struct Launched {
+    /// Every task of the plan, in plan order.
+    pub tasks: Vec<RunningTask>,
+    pub events: Receiver<TaskEvent>,
+    /// Stops every task of the attempt.
+    pub cancel: Box<dyn Fn() + Send>,
+    /// Called once every task reported its end.
+    pub finish: Box<dyn FnOnce() + Send>,
+}
+
+/// The state an attempt starts from.
+#[derive(Clone)]
+pub(crate) struct Restore {
+    pub state: Arc<RestoredState>,
+    /// Where it was read from, when it came from storage.
+    pub location: Option<String>,
+}
+
+/// Deploys attempts of a job: as threads here, or onto TaskManagers.
+pub(crate) trait Launcher {
+    fn launch(
+        &mut self,
+        graph: &JobGraph,
+        options: &JobOptions,
+        restore: Option<&Restore>,
+        attempt: u32,
+    ) -> Result<Launched, RuntimeError>;
 }
 
 /// How one attempt ended.
@@ -263,294 +361,432 @@ impl LocalExecutor {
         graph: &JobGraph,
         options: &JobOptions,
     ) -> Result<JobReport, RuntimeError> {
-        graph.validate()?;
-        if options.checkpoints.is_some() && options.checkpoint_storage.is_none() {
-            return Err(Error::Config(
-                "checkpointing needs a checkpoint directory (state.checkpoints.dir)".into(),
-            )
-            .into());
-        }
-        let started = Instant::now();
-        let mut tracker = RestartTracker::new(options.restart.clone());
-        let mut restored = match &options.restore {
-            Some(r) => Some(check_restored(
-                graph,
-                r.clone(),
-                options.allow_non_restored_state,
-            )?),
-            None => None,
+        let mut launcher = ThreadLauncher {
+            buffer_timeout: self.buffer_timeout,
         };
-        let mut next_id = first_checkpoint_id(options, restored.as_deref())?;
-        let mut checkpoints = 0u64;
-        loop {
-            let attempt_started = Instant::now();
-            let attempt = self.run_attempt(
-                graph,
-                options,
-                restored.clone(),
-                &mut next_id,
-                &mut checkpoints,
-            )?;
-            let error = match attempt.result {
-                Ok(()) => {
-                    return Ok(JobReport {
-                        job: graph.name.clone(),
-                        duration: started.elapsed(),
-                        tasks: attempt.tasks,
-                        restarts: tracker.restarts(),
-                        checkpoints,
-                        savepoint: attempt.savepoint,
-                    })
-                }
-                Err(e) => e,
-            };
-            if self.control.cancel.load(Ordering::SeqCst) {
-                return Err(error);
-            }
-            // Jitter only needs to differ between processes and restarts.
-            let random = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.5, |d| f64::from(d.subsec_nanos() % 1000) / 1000.0);
-            let Some(delay) = tracker.on_failure(Instant::now(), attempt_started.elapsed(), random)
-            else {
-                return Err(error);
-            };
-            tracing::warn!(job = %graph.name, error = %error, ?delay, "job failed; restarting");
-            eprintln!("job failed: {error}; restarting in {delay:?}");
-            let deadline = Instant::now() + delay;
-            while Instant::now() < deadline {
-                if self.control.cancel.load(Ordering::SeqCst) {
-                    return Err(RuntimeError::Cancelled);
-                }
-                std::thread::sleep(Duration::from_millis(5).min(delay));
-            }
-            // Without a checkpoint yet, the job starts again where it started.
-            if let Some(storage) = &options.checkpoint_storage {
-                if let Some(state) = latest_checkpoint(storage, &options.job_id)? {
-                    let allow = options.allow_non_restored_state;
-                    restored = Some(check_restored(graph, state, allow)?);
-                }
-            }
-        }
+        supervise(&self.control, &mut launcher, graph, options)
     }
+}
 
-    fn run_attempt(
-        &self,
+/// Runs every task of an attempt as a thread of this process.
+struct ThreadLauncher {
+    buffer_timeout: Duration,
+}
+
+impl Launcher for ThreadLauncher {
+    fn launch(
+        &mut self,
         graph: &JobGraph,
         options: &JobOptions,
-        restored: Option<Arc<RestoredState>>,
-        next_id: &mut CheckpointId,
-        completed: &mut u64,
-    ) -> Result<Attempt, RuntimeError> {
-        let checkpointing = options.checkpoints.is_some();
-        if let Some(r) = &restored {
-            tracing::info!(job = %graph.name, checkpoint = r.checkpoint, "restoring state");
-        }
+        restore: Option<&Restore>,
+        _attempt: u32,
+    ) -> Result<Launched, RuntimeError> {
         let tasks = Wiring::new(
             graph,
-            checkpointing,
-            restored,
+            options.checkpoints.is_some(),
+            restore.map(|r| r.state.clone()),
             options.state_backend.clone(),
         )
-        .build_tasks()?;
-        let count = tasks.len();
-        tracing::info!(job = %graph.name, tasks = count, "job running");
-        let cancel = Arc::new(AtomicBool::new(false));
+        .build_tasks(None)?;
         let (events_tx, events) = crossbeam_channel::unbounded::<TaskEvent>();
-        let mut running = Vec::with_capacity(count);
-        let mut handles = Vec::with_capacity(count);
-        for task in tasks {
-            let (commands_tx, commands) = crossbeam_channel::unbounded();
-            running.push(RunningTask {
-                commands: commands_tx,
-                is_source: task.is_source,
-            });
-            let events = events_tx.clone();
-            let cancel = cancel.clone();
-            let flush_every = self.buffer_timeout;
-            let name = task.name.clone();
-            let handle = std::thread::Builder::new()
-                .name(short_thread_name(&name))
-                .spawn(move || {
-                    let name = task.name.clone();
-                    let result = catch_unwind(AssertUnwindSafe(|| {
-                        run_task(task, &cancel, flush_every, &commands, &events)
-                    }))
-                    .unwrap_or_else(|panic| {
-                        Err(RuntimeError::TaskFailed {
-                            task: name.clone(),
-                            message: panic_message(&panic),
-                        })
-                    });
-                    let _ = events.send(TaskEvent::Done(name, result));
+        let started = spawn_tasks(tasks, self.buffer_timeout, &events_tx)?;
+        let cancel = started.cancel.clone();
+        Ok(Launched {
+            tasks: started
+                .tasks
+                .into_iter()
+                .map(|t| {
+                    let commands = t.commands;
+                    RunningTask {
+                        commands: Box::new(move |c| {
+                            let _ = commands.send(c);
+                        }),
+                        is_source: t.is_source,
+                    }
                 })
-                .map_err(RuntimeError::Spawn)?;
-            handles.push(handle);
-        }
-        drop(events_tx);
-
-        let mut coordinator = Coordinator::new(options.checkpoints.clone(), count, *next_id);
-        let mut savepoint_replies: BTreeMap<CheckpointId, Sender<Result<String, String>>> =
-            BTreeMap::new();
-        let mut stop_savepoint: Option<CheckpointId> = None;
-        let mut final_savepoint = None;
-        let mut first_error: Option<RuntimeError> = None;
-        let mut done = 0;
-        while done < count {
-            let now = Instant::now();
-            if self.control.cancel.load(Ordering::SeqCst) {
-                cancel.store(true, Ordering::SeqCst);
-            }
-            // Savepoints on request, and the one that stops the job.
-            while let Ok(reply) = self.control.savepoint_requests.try_recv() {
-                match coordinator.start(SnapshotKind::Savepoint, now) {
-                    Some(id) => {
-                        trigger(&running, id);
-                        savepoint_replies.insert(id, reply);
-                    }
-                    None => {
-                        let _ = reply.send(Err("the job is finishing".into()));
-                    }
+                .collect(),
+            events,
+            cancel: Box::new(move || cancel.store(true, Ordering::SeqCst)),
+            finish: Box::new(move || {
+                for h in started.handles {
+                    let _ = h.join();
                 }
-            }
-            if stop_savepoint.is_none()
-                && first_error.is_none()
-                && self.control.stop_with_savepoint.load(Ordering::SeqCst)
-            {
-                match coordinator.start(SnapshotKind::Savepoint, now) {
-                    Some(id) => {
-                        trigger(&running, id);
-                        stop_savepoint = Some(id);
-                    }
-                    None => {
-                        tracing::warn!("cannot take a final savepoint: the job is finishing");
-                        self.control.cancel();
-                    }
-                }
-            }
-            if first_error.is_none() && coordinator.due(now) {
-                if let Some(id) = coordinator.start(SnapshotKind::Checkpoint, now) {
-                    trigger(&running, id);
-                }
-            }
-            let mut outcomes = coordinator.expire(now);
-            match events.recv_timeout(coordinator.next_wakeup(now)) {
-                Ok(TaskEvent::Snapshot(item)) => outcomes.extend(coordinator.report(item)),
-                Ok(TaskEvent::Done(task, result)) => {
-                    done += 1;
-                    outcomes.extend(coordinator.task_finished());
-                    let stopping = final_savepoint.is_some();
-                    let result = match result {
-                        // Stopping after the final savepoint: tasks see their
-                        // inputs go away, which is expected now.
-                        Err(e) if stopping && is_consequence(&e) => Ok(()),
-                        other => other,
-                    };
-                    if let Err(e) = result {
-                        if !matches!(e, RuntimeError::Cancelled) || first_error.is_none() {
-                            tracing::warn!(%task, error = %e, "task stopped");
-                        }
-                        cancel.store(true, Ordering::SeqCst);
-                        if first_error
-                            .as_ref()
-                            .is_none_or(|f| is_consequence(f) && !is_consequence(&e))
-                        {
-                            first_error = Some(e);
-                        }
-                    }
-                }
-                Err(_) => {}
-            }
-            for outcome in outcomes {
-                match outcome {
-                    Outcome::Ready(pending) if first_error.is_none() => {
-                        let id = pending.id;
-                        let kind = pending.kind;
-                        let written = write_snapshot(options, pending);
-                        coordinator.finished_writing(Instant::now());
-                        match written {
-                            Ok(stats) => {
-                                let location = stats.location.clone();
-                                if let Ok(mut c) = self.control.completed.lock() {
-                                    c.push(stats);
-                                }
-                                if kind == SnapshotKind::Checkpoint {
-                                    *completed += 1;
-                                }
-                                for t in &running {
-                                    let _ = t.commands.send(TaskCommand::Complete(id));
-                                }
-                                if let Some(reply) = savepoint_replies.remove(&id) {
-                                    let _ = reply.send(Ok(location.clone()));
-                                }
-                                if stop_savepoint == Some(id) {
-                                    eprintln!("savepoint written to {location}");
-                                    final_savepoint = Some(location);
-                                    for t in &running {
-                                        let _ = t.commands.send(TaskCommand::Stop);
-                                    }
-                                }
-                            }
-                            Err(e) => {
-                                tracing::warn!(checkpoint = id, error = %e, "snapshot not written");
-                                if stop_savepoint == Some(id) {
-                                    self.control.cancel();
-                                }
-                                decline(
-                                    &mut savepoint_replies,
-                                    &mut stop_savepoint,
-                                    id,
-                                    e.to_string(),
-                                );
-                            }
-                        }
-                    }
-                    Outcome::Ready(pending) => decline(
-                        &mut savepoint_replies,
-                        &mut stop_savepoint,
-                        pending.id,
-                        "the job failed".into(),
-                    ),
-                    Outcome::Declined { id, kind, reason } => {
-                        if done > 0 {
-                            tracing::info!(checkpoint = id, ?kind, %reason, "snapshot aborted");
-                        } else {
-                            tracing::warn!(checkpoint = id, ?kind, %reason, "snapshot declined");
-                        }
-                        if stop_savepoint == Some(id) {
-                            // The user asked the job to stop: it stops, without a savepoint.
-                            tracing::warn!(%reason, "final savepoint failed; cancelling the job");
-                            self.control.cancel();
-                        }
-                        decline(&mut savepoint_replies, &mut stop_savepoint, id, reason);
-                    }
-                }
-            }
-        }
-        for h in handles {
-            let _ = h.join();
-        }
-        *next_id = coordinator.next_id();
-        Ok(Attempt {
-            result: match first_error {
-                Some(e) => Err(e),
-                None => Ok(()),
-            },
-            tasks: count,
-            savepoint: final_savepoint,
+            }),
         })
     }
 }
 
+/// Task threads of one attempt in this process.
+pub(crate) struct StartedTasks {
+    pub tasks: Vec<StartedTask>,
+    pub handles: Vec<std::thread::JoinHandle<()>>,
+    /// Set to stop every task.
+    pub cancel: Arc<AtomicBool>,
+}
+
+pub(crate) struct StartedTask {
+    /// Position in the plan.
+    pub index: usize,
+    pub commands: Sender<TaskCommand>,
+    pub is_source: bool,
+    pub metrics: Arc<TaskMetrics>,
+}
+
+/// Starts a thread per task; each reports [`TaskEvent`]s to `events`.
+pub(crate) fn spawn_tasks(
+    tasks: Vec<Task>,
+    flush_every: Duration,
+    events: &Sender<TaskEvent>,
+) -> Result<StartedTasks, RuntimeError> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut started = StartedTasks {
+        tasks: Vec::with_capacity(tasks.len()),
+        handles: Vec::with_capacity(tasks.len()),
+        cancel: cancel.clone(),
+    };
+    for task in tasks {
+        let (commands_tx, commands) = crossbeam_channel::unbounded();
+        started.tasks.push(StartedTask {
+            index: task.index,
+            commands: commands_tx,
+            is_source: task.is_source,
+            metrics: task.shared.metrics.clone(),
+        });
+        let events = events.clone();
+        let cancel = cancel.clone();
+        let handle = std::thread::Builder::new()
+            .name(short_thread_name(&task.name))
+            .spawn(move || {
+                let name = task.name.clone();
+                let index = task.index;
+                let result = catch_unwind(AssertUnwindSafe(|| {
+                    run_task(task, &cancel, flush_every, &commands, &events)
+                }))
+                .unwrap_or_else(|panic| {
+                    Err(RuntimeError::TaskFailed {
+                        task: name.clone(),
+                        message: panic_message(&panic),
+                    })
+                });
+                let _ = events.send(TaskEvent::Done {
+                    task: index,
+                    name,
+                    result,
+                });
+            })
+            .map_err(RuntimeError::Spawn)?;
+        started.handles.push(handle);
+    }
+    Ok(started)
+}
+
+/// Runs a job through its attempts: deploys with `launcher`, coordinates
+/// checkpoints, and after a failure restarts (per the restart strategy)
+/// from the latest completed checkpoint.
+pub(crate) fn supervise(
+    control: &JobControl,
+    launcher: &mut dyn Launcher,
+    graph: &JobGraph,
+    options: &JobOptions,
+) -> Result<JobReport, RuntimeError> {
+    graph.validate()?;
+    if options.checkpoints.is_some() && options.checkpoint_storage.is_none() {
+        return Err(Error::Config(
+            "checkpointing needs a checkpoint directory (state.checkpoints.dir)".into(),
+        )
+        .into());
+    }
+    let started = Instant::now();
+    let mut tracker = RestartTracker::new(options.restart.clone());
+    let mut restore = match &options.restore {
+        Some(r) => Some(Restore {
+            state: check_restored(graph, r.clone(), options.allow_non_restored_state)?,
+            location: options.restore_location.clone(),
+        }),
+        None => None,
+    };
+    let mut next_id = first_checkpoint_id(options, restore.as_ref().map(|r| &*r.state))?;
+    let mut checkpoints = 0u64;
+    for attempt in 0u32.. {
+        let attempt_started = Instant::now();
+        let outcome = run_attempt(
+            control,
+            launcher,
+            graph,
+            options,
+            restore.as_ref(),
+            attempt,
+            &mut next_id,
+            &mut checkpoints,
+        )?;
+        let error = match outcome.result {
+            Ok(()) => {
+                return Ok(JobReport {
+                    job: graph.name.clone(),
+                    duration: started.elapsed(),
+                    tasks: outcome.tasks,
+                    restarts: tracker.restarts(),
+                    checkpoints,
+                    savepoint: outcome.savepoint,
+                })
+            }
+            Err(e) => e,
+        };
+        if control.cancel.load(Ordering::SeqCst) || matches!(error, RuntimeError::NotLeader(_)) {
+            return Err(error);
+        }
+        // Jitter only needs to differ between processes and restarts.
+        let random = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.5, |d| f64::from(d.subsec_nanos() % 1000) / 1000.0);
+        let Some(delay) = tracker.on_failure(Instant::now(), attempt_started.elapsed(), random)
+        else {
+            return Err(error);
+        };
+        tracing::warn!(job = %graph.name, error = %error, ?delay, "job failed; restarting");
+        eprintln!("job failed: {error}; restarting in {delay:?}");
+        if let Some(observer) = &options.observer {
+            observer.restarting(&error, delay);
+        }
+        let deadline = Instant::now() + delay;
+        while Instant::now() < deadline {
+            if control.cancel.load(Ordering::SeqCst) {
+                return Err(RuntimeError::Cancelled);
+            }
+            std::thread::sleep(Duration::from_millis(5).min(delay));
+        }
+        // Without a checkpoint yet, the job starts again where it started.
+        if let Some(storage) = &options.checkpoint_storage {
+            if let Some(latest) = latest_checkpoint(storage, &options.job_id)? {
+                let allow = options.allow_non_restored_state;
+                restore = Some(Restore {
+                    state: check_restored(graph, latest.state, allow)?,
+                    location: latest.location,
+                });
+            }
+        }
+    }
+    unreachable!("attempts are unbounded")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_attempt(
+    control: &JobControl,
+    launcher: &mut dyn Launcher,
+    graph: &JobGraph,
+    options: &JobOptions,
+    restore: Option<&Restore>,
+    attempt: u32,
+    next_id: &mut CheckpointId,
+    completed: &mut u64,
+) -> Result<Attempt, RuntimeError> {
+    if let Some(r) = restore {
+        tracing::info!(job = %graph.name, checkpoint = r.state.checkpoint, "restoring state");
+    }
+    let launched = launcher.launch(graph, options, restore, attempt)?;
+    let running = launched.tasks;
+    let events = launched.events;
+    let cancel = launched.cancel;
+    let count = running.len();
+    tracing::info!(job = %graph.name, tasks = count, attempt, "job running");
+    if let Some(observer) = &options.observer {
+        observer.running(attempt);
+    }
+
+    let mut coordinator = Coordinator::new(options.checkpoints.clone(), count, *next_id);
+    let mut savepoint_replies: BTreeMap<CheckpointId, Sender<Result<String, String>>> =
+        BTreeMap::new();
+    let mut stop_savepoint: Option<CheckpointId> = None;
+    let mut final_savepoint = None;
+    let mut first_error: Option<RuntimeError> = None;
+    let mut cancelled = false;
+    let mut done = 0;
+    let fail = |first_error: &mut Option<RuntimeError>, e: RuntimeError| {
+        if first_error
+            .as_ref()
+            .is_none_or(|f| is_consequence(f) && !is_consequence(&e))
+        {
+            *first_error = Some(e);
+        }
+    };
+    while done < count {
+        let now = Instant::now();
+        if !cancelled && (control.cancel.load(Ordering::SeqCst) || first_error.is_some()) {
+            cancel();
+            cancelled = true;
+        }
+        // Savepoints on request, and the one that stops the job.
+        while let Ok(reply) = control.savepoint_requests.try_recv() {
+            match coordinator.start(SnapshotKind::Savepoint, now) {
+                Some(id) => {
+                    trigger(&running, id);
+                    savepoint_replies.insert(id, reply);
+                }
+                None => {
+                    let _ = reply.send(Err("the job is finishing".into()));
+                }
+            }
+        }
+        if stop_savepoint.is_none()
+            && first_error.is_none()
+            && control.stop_with_savepoint.load(Ordering::SeqCst)
+        {
+            match coordinator.start(SnapshotKind::Savepoint, now) {
+                Some(id) => {
+                    trigger(&running, id);
+                    stop_savepoint = Some(id);
+                }
+                None => {
+                    tracing::warn!("cannot take a final savepoint: the job is finishing");
+                    control.cancel();
+                }
+            }
+        }
+        if first_error.is_none() && coordinator.due(now) {
+            if let Some(id) = coordinator.start(SnapshotKind::Checkpoint, now) {
+                trigger(&running, id);
+            }
+        }
+        let mut outcomes = coordinator.expire(now);
+        match events.recv_timeout(coordinator.next_wakeup(now)) {
+            Ok(TaskEvent::Snapshot(item)) => outcomes.extend(coordinator.report(item)),
+            Ok(TaskEvent::Done {
+                name: task, result, ..
+            }) => {
+                done += 1;
+                outcomes.extend(coordinator.task_finished());
+                let stopping = final_savepoint.is_some();
+                let result = match result {
+                    // Stopping after the final savepoint: tasks see their
+                    // inputs go away, which is expected now.
+                    Err(e) if stopping && is_consequence(&e) => Ok(()),
+                    other => other,
+                };
+                if let Err(e) = result {
+                    if !matches!(e, RuntimeError::Cancelled) || first_error.is_none() {
+                        tracing::warn!(%task, error = %e, "task stopped");
+                    }
+                    fail(&mut first_error, e);
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                // Nobody can report any more: whatever did not end is lost.
+                fail(
+                    &mut first_error,
+                    RuntimeError::Cluster("the job's tasks stopped reporting".into()),
+                );
+                break;
+            }
+        }
+        for outcome in outcomes {
+            let (id, kind, reason) = match outcome {
+                Outcome::Ready(pending) if first_error.is_none() => {
+                    let id = pending.id;
+                    let kind = pending.kind;
+                    let written = write_snapshot(options, pending).and_then(|stats| match &options
+                        .observer
+                    {
+                        Some(o) => o.snapshot_completed(&stats).map(|()| stats),
+                        None => Ok(stats),
+                    });
+                    coordinator.finished_writing(Instant::now());
+                    match written {
+                        Ok(stats) => {
+                            let location = stats.location.clone();
+                            if let Ok(mut c) = control.completed.lock() {
+                                c.push(stats);
+                            }
+                            if kind == SnapshotKind::Checkpoint {
+                                *completed += 1;
+                            }
+                            for t in &running {
+                                (t.commands)(TaskCommand::Complete(id));
+                            }
+                            if let Some(reply) = savepoint_replies.remove(&id) {
+                                let _ = reply.send(Ok(location.clone()));
+                            }
+                            if stop_savepoint == Some(id) {
+                                eprintln!("savepoint written to {location}");
+                                final_savepoint = Some(location);
+                                for t in &running {
+                                    (t.commands)(TaskCommand::Stop);
+                                }
+                            }
+                            continue;
+                        }
+                        Err(e @ RuntimeError::NotLeader(_)) => {
+                            let reason = e.to_string();
+                            fail(&mut first_error, e);
+                            (id, kind, reason)
+                        }
+                        Err(e) => {
+                            tracing::warn!(checkpoint = id, error = %e, "snapshot not written");
+                            if stop_savepoint == Some(id) {
+                                control.cancel();
+                            }
+                            (id, kind, e.to_string())
+                        }
+                    }
+                }
+                Outcome::Ready(pending) => (pending.id, pending.kind, "the job failed".into()),
+                Outcome::Declined { id, kind, reason } => {
+                    if done > 0 {
+                        tracing::info!(checkpoint = id, ?kind, %reason, "snapshot aborted");
+                    } else {
+                        tracing::warn!(checkpoint = id, ?kind, %reason, "snapshot declined");
+                    }
+                    if stop_savepoint == Some(id) {
+                        // The user asked the job to stop: it stops, without a savepoint.
+                        tracing::warn!(%reason, "final savepoint failed; cancelling the job");
+                        control.cancel();
+                    }
+                    (id, kind, reason)
+                }
+            };
+            if let Some(observer) = &options.observer {
+                observer.snapshot_failed(id, kind, &reason);
+            }
+            decline(&mut savepoint_replies, &mut stop_savepoint, id, reason);
+        }
+    }
+    if !cancelled && first_error.is_some() {
+        cancel();
+    }
+    (launched.finish)();
+    *next_id = coordinator.next_id();
+    Ok(Attempt {
+        result: match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        },
+        tasks: count,
+        savepoint: final_savepoint,
+    })
+}
+
 /// A root cause beats the cancellations and disconnections it causes.
-fn is_consequence(e: &RuntimeError) -> bool {
+pub(crate) fn is_consequence(e: &RuntimeError) -> bool {
     matches!(e, RuntimeError::Cancelled)
         || matches!(e, RuntimeError::Api(Error::Task { message, .. }) if message.contains("upstream task stopped"))
 }
 
+/// A task that stopped because a neighbour did (as reported from afar).
+pub(crate) fn consequence(task: &str, message: String) -> RuntimeError {
+    let message = if message.contains("upstream task stopped") {
+        message
+    } else {
+        format!("an upstream task stopped: {message}")
+    };
+    RuntimeError::Api(Error::Task {
+        task: task.to_string(),
+        message,
+    })
+}
+
 fn trigger(running: &[RunningTask], id: CheckpointId) {
     for t in running.iter().filter(|t| t.is_source) {
-        let _ = t.commands.send(TaskCommand::Trigger(id));
+        (t.commands)(TaskCommand::Trigger(id));
     }
 }
 
@@ -631,17 +867,21 @@ fn first_checkpoint_id(
 }
 
 /// The newest complete checkpoint of a job, falling back past damaged ones.
-fn latest_checkpoint(
+pub(crate) fn latest_checkpoint(
     storage: &CheckpointStorage,
     job_id: &str,
-) -> Result<Option<Arc<RestoredState>>, RuntimeError> {
+) -> Result<Option<Restore>, RuntimeError> {
     match storage.restore_point(job_id) {
         Ok((snapshot, warnings)) => {
             for w in warnings {
                 tracing::warn!("{w}");
                 eprintln!("warning: {w}");
             }
-            Ok(Some(Arc::new(restored_state(snapshot))))
+            let location = storage.checkpoint_location(job_id, snapshot.id);
+            Ok(Some(Restore {
+                state: Arc::new(restored_state(snapshot)),
+                location: Some(location),
+            }))
         }
         Err(rill_checkpoint::CheckpointError::NothingRestorable { .. }) => Ok(None),
         Err(e) => Err(e.into()),
@@ -817,7 +1057,7 @@ fn run_task(
 }
 
 impl<'g> Wiring<'g> {
-    fn new(
+    pub(crate) fn new(
         graph: &'g JobGraph,
         checkpointing: bool,
         restored: Option<Arc<RestoredState>>,
@@ -897,6 +1137,7 @@ impl<'g> Wiring<'g> {
                 restored: self.restored.clone(),
                 state_backend: self.state_backend.clone(),
             },
+            metrics: shared.metrics.clone(),
         }
     }
 
@@ -930,6 +1171,7 @@ impl<'g> Wiring<'g> {
                         &g.senders,
                         &c.inputs[gate][edge].partition,
                         shape,
+                        shared.metrics.clone(),
                     )?);
                 }
             }
@@ -962,12 +1204,21 @@ impl<'g> Wiring<'g> {
         }
     }
 
-    fn build_tasks(mut self) -> Result<Vec<Task>, Error> {
+    /// Builds the tasks (all of them, or the local ones of `placement`).
+    pub(crate) fn build_tasks(
+        mut self,
+        placement: Option<&mut dyn Placement>,
+    ) -> Result<Vec<Task>, Error> {
         let graph = self.graph;
         let mut tasks = Vec::new();
+        let mut position = 0;
         for head in self.plan.heads.clone() {
             let n = &graph.nodes[head];
             for index in 0..graph.parallelism_of(n) {
+                position += 1;
+                if placement.as_ref().is_some_and(|p| !p.is_local(head, index)) {
+                    continue;
+                }
                 let shared = TaskShared::default();
                 let info = self.info(head, index, &shared);
                 let (main, side) = self.outputs(head, index, &shared)?;
@@ -981,7 +1232,13 @@ impl<'g> Wiring<'g> {
                         let rx = gate.receivers[index]
                             .take()
                             .ok_or_else(|| Error::Graph("input gate wired twice".into()))?;
-                        ty.one_input_head(rx, gate.channels, chain, shared.snapshots.clone())?
+                        ty.one_input_head(
+                            rx,
+                            gate.channels,
+                            chain,
+                            shared.snapshots.clone(),
+                            shared.metrics.clone(),
+                        )?
                     }
                     NodeKind::TwoInput(build) => {
                         let mut take = |g: usize| -> Result<(Erased, usize), Error> {
@@ -997,11 +1254,33 @@ impl<'g> Wiring<'g> {
                     }
                 };
                 tasks.push(Task {
+                    index: position - 1,
                     name: info.task_name.clone(),
                     input,
                     shared,
                     is_source: matches!(n.kind, NodeKind::Source(_)),
                 });
+            }
+        }
+        if let Some(placement) = placement {
+            for (consumer, gates) in self.gates.iter_mut().enumerate() {
+                for (g, gate) in gates.iter_mut().enumerate() {
+                    let edge = &graph.nodes[consumer].inputs[g][0];
+                    let ty = &graph.nodes[edge.from].ports[edge.port].ty;
+                    for receiver in 0..gate.senders.len() {
+                        if placement.is_local(consumer, receiver) {
+                            placement.inbound(
+                                consumer,
+                                g,
+                                receiver,
+                                &gate.senders[receiver],
+                                ty,
+                            )?;
+                        } else if let Some(rx) = gate.receivers[receiver].take() {
+                            placement.outbound(consumer, g, receiver, rx, ty)?;
+                        }
+                    }
+                }
             }
         }
         // Only the exchanges' clones of the senders remain, so a receiver sees

@@ -2,8 +2,8 @@
 //!
 //! The choice is made once per job (Flink's `state.backend.type`) and handed
 //! to every keyed operator subtask, which opens its own store with it. Both
-//! backends write the same snapshot format, so a checkpoint or savepoint taken
-//! with one can be restored with the other, at any parallelism.
+//! backends write the same key-group format for savepoints, and either can
+//! read the other's checkpoints, at any parallelism.
 
 use std::path::PathBuf;
 
@@ -15,6 +15,9 @@ pub struct RocksDbOptions {
     /// Parent directory of the per-subtask databases (`state.backend.rocksdb.localdir`);
     /// the system temp directory when unset.
     pub local_dir: Option<PathBuf>,
+    /// Whether checkpoints upload only the SST files that earlier completed
+    /// checkpoints do not hold already (`state.backend.incremental`).
+    pub incremental: bool,
 }
 
 /// Where keyed state lives while a job runs.
@@ -36,22 +39,19 @@ impl StateBackend {
         local_dir: Option<&str>,
     ) -> Result<Self, StateError> {
         match kind.trim().to_ascii_lowercase().as_str() {
+            "hashmap" if incremental => Err(StateError::Backend(
+                "state.backend.incremental=true needs state.backend.type=rocksdb: the hashmap \
+                 backend always writes full checkpoints; set it to false or use rocksdb"
+                    .into(),
+            )),
             "hashmap" => Ok(StateBackend::HashMap),
-            "rocksdb" => {
-                if incremental {
-                    return Err(StateError::Backend(
-                        "state.backend.incremental=true is not supported yet with the rocksdb \
-                         backend (checkpoints are always full); set it to false"
-                            .into(),
-                    ));
-                }
-                Ok(StateBackend::RocksDb(RocksDbOptions {
-                    local_dir: local_dir
-                        .map(str::trim)
-                        .filter(|d| !d.is_empty())
-                        .map(PathBuf::from),
-                }))
-            }
+            "rocksdb" => Ok(StateBackend::RocksDb(RocksDbOptions {
+                local_dir: local_dir
+                    .map(str::trim)
+                    .filter(|d| !d.is_empty())
+                    .map(PathBuf::from),
+                incremental,
+            })),
             other => Err(StateError::Backend(format!(
                 "state.backend.type: unknown state backend '{other}' (expected hashmap or rocksdb)"
             ))),
@@ -80,17 +80,28 @@ mod tests {
         assert_eq!(
             StateBackend::from_config(" RocksDB ", false, Some("/tmp/x")).unwrap(),
             StateBackend::RocksDb(RocksDbOptions {
-                local_dir: Some(PathBuf::from("/tmp/x"))
+                local_dir: Some(PathBuf::from("/tmp/x")),
+                incremental: false,
             })
         );
         assert_eq!(
             StateBackend::from_config("rocksdb", false, Some("")).unwrap(),
             StateBackend::RocksDb(RocksDbOptions::default())
         );
-        // Incremental checkpoints only concern RocksDB, as in Flink.
-        assert!(StateBackend::from_config("hashmap", true, None).is_ok());
-        let err = StateBackend::from_config("rocksdb", true, None).unwrap_err();
-        assert!(err.to_string().contains("not supported yet"), "{err}");
+        // Incremental checkpoints only concern RocksDB.
+        let err = StateBackend::from_config("hashmap", true, None).unwrap_err();
+        assert!(matches!(err, StateError::Backend(_)));
+        assert!(
+            err.to_string().contains("state.backend.incremental"),
+            "{err}"
+        );
+        assert_eq!(
+            StateBackend::from_config("rocksdb", true, None).unwrap(),
+            StateBackend::RocksDb(RocksDbOptions {
+                local_dir: None,
+                incremental: true
+            })
+        );
         let err = StateBackend::from_config("filesystem", false, None).unwrap_err();
         assert!(matches!(err, StateError::Backend(_)));
         assert!(err.to_string().contains("filesystem"), "{err}");

@@ -145,6 +145,15 @@ enum Backend<K> {
     Rocks(Box<RocksTables>),
 }
 
+/// A native snapshot of a RocksDB store (see [`KeyedStateStore::native_snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativeSnapshotParts {
+    /// An encoded [`LocalSnapshot`](crate::native::LocalSnapshot), for the uploader.
+    pub handle: Vec<u8>,
+    /// Restored state not yet in the database, by key group.
+    pub pending: Vec<(usize, Vec<u8>)>,
+}
+
 /// The keyed state of one operator subtask, on the heap or in RocksDB.
 pub struct KeyedStateStore<K> {
     backend: Backend<K>,
@@ -316,10 +325,71 @@ impl<K: StateKey> KeyedStateStore<K> {
             .collect()
     }
 
+    /// Takes a native snapshot for checkpoint `checkpoint` of a RocksDB store
+    /// owning `key_groups` (see [`crate::native`]); `None` on the heap.
+    /// Restored key-group state that no handle has claimed yet cannot go into
+    /// the database without its type, so it is returned alongside in the
+    /// key-group format.
+    pub fn native_snapshot(
+        &mut self,
+        checkpoint: u64,
+        key_groups: crate::KeyGroupRange,
+    ) -> Result<Option<NativeSnapshotParts>, StateError> {
+        let Backend::Rocks(db) = &mut self.backend else {
+            return Ok(None);
+        };
+        let local = db.native_snapshot(checkpoint, key_groups)?;
+        let mut groups: std::collections::BTreeMap<usize, Vec<(&str, Vec<u8>)>> =
+            Default::default();
+        for (name, parts) in &self.pending {
+            for (kg, bytes) in parts {
+                groups.entry(*kg).or_default().push((name, bytes.clone()));
+            }
+        }
+        let pending = groups
+            .into_iter()
+            .map(|(kg, tables)| Ok((kg, codec::encode(&tables)?)))
+            .collect::<Result<_, StateError>>()?;
+        Ok(Some(NativeSnapshotParts {
+            handle: local.encode()?,
+            pending,
+        }))
+    }
+
+    /// Restores the key groups `key_groups` from native snapshots (encoded
+    /// [`RestoredSnapshot`](crate::native::RestoredSnapshot)s of any old
+    /// subtasks; those that do not overlap are skipped). A RocksDB store opens
+    /// them directly; a heap store reads them in the key-group format.
+    pub fn restore_native(
+        &mut self,
+        snapshots: &[&[u8]],
+        key_groups: crate::KeyGroupRange,
+    ) -> Result<(), StateError> {
+        let decoded = snapshots
+            .iter()
+            .map(|b| crate::native::RestoredSnapshot::decode(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        match &mut self.backend {
+            Backend::Rocks(db) => db.restore_native(decoded, key_groups),
+            Backend::Heap { .. } => {
+                for snapshot in &decoded {
+                    for (kg, blob) in crate::rocks::restored_key_group_blobs(snapshot, key_groups)?
+                    {
+                        self.restore(kg, &blob)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
     fn is_bound(&self, name: &str) -> bool {
         match &self.backend {
             Backend::Heap { by_name, .. } => by_name.contains_key(name),
-            Backend::Rocks(db) => db.table_index(name).is_some(),
+            Backend::Rocks(db) => db
+                .table_index(name)
+                .and_then(|i| db.table(i))
+                .is_some_and(|t| t.bound),
         }
     }
 
@@ -400,11 +470,11 @@ impl<K: StateKey> KeyedStateStore<K> {
         let name = handle.name;
         let cached = handle.slot.load(Ordering::Relaxed);
         let index = match db.table(cached) {
-            Some(t) if t.name == name => cached,
+            Some(t) if t.name == name && t.bound => cached,
             _ => {
                 let i = match db.table_index(name) {
-                    Some(i) => i,
-                    None => {
+                    Some(i) if db.table(i).is_some_and(|t| t.bound) => i,
+                    _ => {
                         let i = match db.create_table(name, std::any::type_name::<S>(), handle.ttl)
                         {
                             Ok(i) => i,

@@ -12,22 +12,25 @@
 //!   `AggregatingState`, optionally with a TTL) and read or write them for the
 //!   key currently being processed through a [`KeyedStateStore`].
 //! * **Backends** ([`backend`]): a store keeps its tables on the heap or in an
-//!   embedded RocksDB ([`rocks`]), chosen per job; both write one snapshot
-//!   format, so checkpoints move freely between them.
+//!   embedded RocksDB ([`rocks`]), chosen per job; both write one portable
+//!   key-group snapshot format, so savepoints move freely between them.
+//!   RocksDB checkpoints are native instead ([`native`]): the database's own
+//!   files, uploaded whole or, incrementally, only the ones that are new.
 
 pub mod aggregate;
 pub mod backend;
 pub mod codec;
 pub mod key_group;
 pub mod keyed;
+pub mod native;
 pub mod rocks;
 
 pub use aggregate::AggregateFunction;
 pub use backend::{RocksDbOptions, StateBackend};
 pub use key_group::{hash_key, KeyGroupRange};
 pub use keyed::{
-    AggregatingState, KeyedStateStore, ListState, MapState, ReducingState, StateAccess, StateKey,
-    StateTtl, StateValue, ValueState,
+    AggregatingState, KeyedStateStore, ListState, MapState, NativeSnapshotParts, ReducingState,
+    StateAccess, StateKey, StateTtl, StateValue, ValueState,
 };
 
 /// Errors raised by the state layer.

@@ -26,17 +26,38 @@
 //! write-ahead log is off and the directory (a fresh one per store, under
 //! `state.backend.rocksdb.localdir` or the temp directory) is removed when the
 //! store is dropped.
+//!
+//! Checkpoints are native ([`crate::native`]): at a barrier the store flushes
+//! its memtables and asks RocksDB for a checkpoint directory next to the
+//! database (hard links of the SST files), which the uploader takes over.
+//! Restoring opens the database of the snapshot that overlaps the subtask's
+//! key groups most, deletes the key groups the subtask does not own, and
+//! copies the owned key groups of any other overlapping snapshot into it, so
+//! the same code serves equal parallelism (one snapshot, nothing to delete or
+//! copy) and rescaling.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::hash::BuildHasher;
+use std::path::{Path, PathBuf};
 
-use rocksdb::{ColumnFamily, DBCompressionType, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::checkpoint::Checkpoint;
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DBRawIteratorWithThreadMode, Options,
+    WriteBatch, WriteOptions, DB,
+};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::backend::RocksDbOptions;
 use crate::key_group::{hash_key, key_group_for_hash};
-use crate::keyed::StateTtl;
-use crate::{codec, StateError};
+use crate::keyed::{StateTtl, TtlUpdate};
+use crate::native::{LocalFile, LocalSnapshot, RemoteFile, RestoredSnapshot, TableInfo};
+use crate::{codec, KeyGroupRange, StateError};
+
+/// Entries written per batch when copying key groups between databases.
+const COPY_BATCH: usize = 50_000;
+/// Suffix (before the checkpoint id) of local snapshot directories, which
+/// sit next to their database directory.
+const SNAPSHOT_INFIX: &str = ".chk-";
 
 /// Entries the periodic TTL sweep examines per table and round; the sweep
 /// resumes where it stopped, so large tables are covered over several rounds.
@@ -55,6 +76,11 @@ pub(crate) struct RocksTable {
     pub(crate) name: String,
     pub(crate) type_name: &'static str,
     pub(crate) ttl: Option<StateTtl>,
+    /// Whether a handle has claimed the table (and so fixed its type). Tables
+    /// restored from a native snapshot exist before any handle asks for them.
+    pub(crate) bound: bool,
+    /// The value type recorded in the snapshot a table was restored from.
+    recorded_type: String,
     /// Where the next TTL sweep round starts (empty: at the beginning).
     sweep_from: Vec<u8>,
 }
@@ -68,11 +94,232 @@ pub(crate) struct RocksTables {
     max_parallelism: usize,
     tables: Vec<RocksTable>,
     by_name: HashMap<String, usize>,
+    incremental: bool,
+    /// Identity of this database instance (see [`LocalSnapshot::db_id`]).
+    db_id: String,
+    /// SST files the database was restored from that already lie in shared
+    /// checkpoint storage, by file name.
+    inherited: HashMap<String, RemoteFile>,
+    /// Local snapshot directories made by this store, oldest first.
+    outstanding: Vec<PathBuf>,
+    /// Name prefix of the database directory (`rill-rocksdb-<label>-`).
+    prefix: String,
 }
 
 fn column_family(name: &str) -> String {
     // Keeps state names clear of RocksDB's own `default` column family.
     format!("state/{name}")
+}
+
+fn db_options() -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts.set_max_background_jobs(2);
+    opts
+}
+
+fn cf_options() -> Options {
+    let mut opts = Options::default();
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts
+}
+
+/// Sixteen hex characters that differ between calls.
+fn random_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // `RandomState` is seeded randomly per process and varies per instance.
+    let h = std::collections::hash_map::RandomState::new().hash_one((nanos, n));
+    format!("{h:016x}")
+}
+
+/// The first database key of key group `kg` (also the end bound of `kg - 1`).
+fn group_start(kg: usize) -> Vec<u8> {
+    if kg > u16::MAX as usize {
+        // Past the last possible key group: every key sorts before this.
+        vec![0xff, 0xff, 0xff]
+    } else {
+        (kg as u16).to_be_bytes().to_vec()
+    }
+}
+
+/// Opens the database in `path` with every column family it has.
+fn open_existing(path: &Path) -> Result<DB, StateError> {
+    let names = DB::list_cf(&Options::default(), path)
+        .map_err(|e| storage(&format!("listing column families in {}", path.display()), e))?;
+    let cfs = names
+        .into_iter()
+        .map(|n| ColumnFamilyDescriptor::new(n, cf_options()));
+    DB::open_cf_descriptors(&db_options(), path, cfs)
+        .map_err(|e| storage(&format!("opening RocksDB in {}", path.display()), e))
+}
+
+/// Opens a snapshot directory read-only (nothing in it is changed).
+fn open_read_only(path: &Path) -> Result<DB, StateError> {
+    let names = DB::list_cf(&Options::default(), path)
+        .map_err(|e| storage(&format!("listing column families in {}", path.display()), e))?;
+    DB::open_cf_for_read_only(&Options::default(), path, names, false)
+        .map_err(|e| storage(&format!("opening the snapshot in {}", path.display()), e))
+}
+
+/// Writes the files of a restored snapshot into a new directory under `parent`.
+fn write_files(
+    snapshot: &RestoredSnapshot,
+    parent: Option<&Path>,
+    prefix: &str,
+) -> Result<tempfile::TempDir, StateError> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix);
+    let dir = match parent {
+        Some(p) => builder.tempdir_in(p),
+        None => builder.tempdir(),
+    }
+    .map_err(|e| storage("creating a directory for restored state", e))?;
+    for f in &snapshot.files {
+        if f.name.is_empty() || f.name.contains(['/', '\\']) || f.name == "." || f.name == ".." {
+            return Err(StateError::Corrupt(format!(
+                "snapshot file name {:?} is not a plain file name",
+                f.name
+            )));
+        }
+        std::fs::write(dir.path().join(&f.name), &f.bytes)
+            .map_err(|e| storage(&format!("writing restored file {}", f.name), e))?;
+    }
+    Ok(dir)
+}
+
+fn table_ttl(ttl_ms: Option<i64>) -> Option<StateTtl> {
+    ttl_ms.map(|ttl_ms| StateTtl {
+        ttl_ms,
+        update: TtlUpdate::OnCreateAndWrite,
+    })
+}
+
+/// Adds the live entries of one column family to `parts` (key group →
+/// entry count and concatenated `(K, S, i64)` encodings). `regroup` maps the
+/// encoded key (after its key-group prefix) to another key group, or `None`
+/// to keep the prefix's.
+fn collect_entries<F>(
+    mut it: DBRawIteratorWithThreadMode<'_, DB>,
+    table: &str,
+    ttl: Option<StateTtl>,
+    now: i64,
+    range: Option<KeyGroupRange>,
+    mut regroup: F,
+    parts: &mut BTreeMap<usize, (u64, Vec<u8>)>,
+) -> Result<(), StateError>
+where
+    F: FnMut(&[u8]) -> Result<Option<usize>, StateError>,
+{
+    match range {
+        Some(r) => it.seek(group_start(r.start)),
+        None => it.seek_to_first(),
+    }
+    let end = range.map(|r| group_start(r.end + 1));
+    while let Some((key, value)) = it.item() {
+        if end.as_deref().is_some_and(|end| key >= end) {
+            break;
+        }
+        let corrupt = || StateError::Corrupt(format!("state '{table}': malformed RocksDB entry"));
+        let (prefix, key_bytes) = key.split_at_checked(2).ok_or_else(corrupt)?;
+        let (touched, used) = codec::decode_prefix::<i64>(value)?;
+        if !expired(ttl, touched, now) {
+            let kg = match regroup(key_bytes)? {
+                Some(kg) => kg,
+                None => u16::from_be_bytes([prefix[0], prefix[1]]) as usize,
+            };
+            let part = parts.entry(kg).or_default();
+            part.0 += 1;
+            part.1.extend_from_slice(key_bytes);
+            part.1.extend_from_slice(&value[used..]);
+            codec::encode_into(&touched, &mut part.1)?;
+        }
+        it.next();
+    }
+    it.status()
+        .map_err(|e| storage(&format!("reading state '{table}' for a snapshot"), e))
+}
+
+/// Turns collected parts into key-group blobs of `(table, entries)` lists.
+fn add_parts<'a>(
+    table: &'a str,
+    parts: BTreeMap<usize, (u64, Vec<u8>)>,
+    groups: &mut BTreeMap<usize, Vec<(&'a str, Vec<u8>)>>,
+) -> Result<(), StateError> {
+    for (kg, (count, entries)) in parts {
+        let mut bytes = codec::encode(&count)?;
+        bytes.extend_from_slice(&entries);
+        groups.entry(kg).or_default().push((table, bytes));
+    }
+    Ok(())
+}
+
+/// See [`crate::native::key_group_blobs`].
+pub(crate) fn key_group_blobs_of_dir(
+    dir: &Path,
+    max_parallelism: usize,
+    tables: &[TableInfo],
+    range: Option<KeyGroupRange>,
+) -> Result<Vec<(usize, Vec<u8>)>, StateError> {
+    let db = open_read_only(dir)?;
+    let mut groups: BTreeMap<usize, Vec<(&str, Vec<u8>)>> = BTreeMap::new();
+    for table in tables {
+        let Some(cf) = db.cf_handle(&column_family(&table.name)) else {
+            return Err(StateError::Corrupt(format!(
+                "the snapshot lacks the column family of state '{}'",
+                table.name
+            )));
+        };
+        let mut parts = BTreeMap::new();
+        collect_entries(
+            db.raw_iterator_cf(cf),
+            &table.name,
+            None,
+            i64::MIN,
+            range,
+            |_| Ok(None),
+            &mut parts,
+        )?;
+        if let Some((&kg, _)) = parts.range(max_parallelism..).next() {
+            return Err(StateError::Corrupt(format!(
+                "state '{}' holds key group {kg}, beyond max parallelism {max_parallelism}",
+                table.name
+            )));
+        }
+        add_parts(&table.name, parts, &mut groups)?;
+    }
+    groups
+        .into_iter()
+        .map(|(kg, tables)| Ok((kg, codec::encode(&tables)?)))
+        .collect()
+}
+
+/// Local snapshot directories of databases that no longer exist (their
+/// store is gone and the uploader never took them), under `parent` and
+/// starting with `prefix`.
+fn stale_snapshot_dirs(parent: &Path, prefix: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            if !name.starts_with(prefix) {
+                return None;
+            }
+            let (db_dir, id) = name.split_once(SNAPSHOT_INFIX)?;
+            let plain = !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit());
+            (plain && !parent.join(db_dir).exists()).then(|| e.path())
+        })
+        .collect()
 }
 
 impl RocksTables {
@@ -105,11 +352,13 @@ impl RocksTables {
             None => builder.tempdir(),
         }
         .map_err(|e| storage("creating the RocksDB directory", e))?;
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.set_compression_type(DBCompressionType::Lz4);
-        opts.set_max_background_jobs(2);
-        let db = DB::open(&opts, dir.path())
+        if let Some(parent) = dir.path().parent() {
+            // Snapshots a dropped store of this operator left behind.
+            for stale in stale_snapshot_dirs(parent, &prefix) {
+                let _ = crate::native::remove_local_dir(&stale);
+            }
+        }
+        let db = DB::open(&db_options(), dir.path())
             .map_err(|e| storage(&format!("opening RocksDB in {}", dir.path().display()), e))?;
         let mut write = WriteOptions::default();
         write.disable_wal(true);
@@ -120,6 +369,11 @@ impl RocksTables {
             max_parallelism,
             tables: Vec::new(),
             by_name: HashMap::new(),
+            incremental: options.incremental,
+            db_id: random_id(),
+            inherited: HashMap::new(),
+            outstanding: Vec::new(),
+            prefix,
         })
     }
 
@@ -142,18 +396,53 @@ impl RocksTables {
         type_name: &'static str,
         ttl: Option<StateTtl>,
     ) -> Result<usize, StateError> {
-        let mut opts = Options::default();
-        opts.set_compression_type(DBCompressionType::Lz4);
+        if let Some(&index) = self.by_name.get(name) {
+            // Restored from a native snapshot: the first handle fixes its type.
+            let table = &mut self.tables[index];
+            if !table.bound {
+                table.bound = true;
+                table.type_name = type_name;
+                table.ttl = ttl;
+            }
+            return Ok(index);
+        }
         self.db
-            .create_cf(column_family(name), &opts)
+            .create_cf(column_family(name), &cf_options())
             .map_err(|e| storage(&format!("creating the column family of '{name}'"), e))?;
         self.tables.push(RocksTable {
             name: name.to_string(),
             type_name,
             ttl,
+            bound: true,
+            recorded_type: type_name.to_string(),
             sweep_from: Vec::new(),
         });
         self.by_name.insert(name.to_string(), self.tables.len() - 1);
+        Ok(self.tables.len() - 1)
+    }
+
+    /// Registers a column family restored from a snapshot, not yet claimed
+    /// by a handle; creates it if the database lacks it.
+    fn register_restored(&mut self, info: &TableInfo) -> Result<usize, StateError> {
+        if let Some(&index) = self.by_name.get(&info.name) {
+            return Ok(index);
+        }
+        let cf = column_family(&info.name);
+        if self.db.cf_handle(&cf).is_none() {
+            self.db.create_cf(&cf, &cf_options()).map_err(|e| {
+                storage(&format!("creating the column family of '{}'", info.name), e)
+            })?;
+        }
+        self.tables.push(RocksTable {
+            name: info.name.clone(),
+            type_name: "",
+            ttl: table_ttl(info.ttl_ms),
+            bound: false,
+            recorded_type: info.type_name.clone(),
+            sweep_from: Vec::new(),
+        });
+        self.by_name
+            .insert(info.name.clone(), self.tables.len() - 1);
         Ok(self.tables.len() - 1)
     }
 
@@ -309,38 +598,24 @@ impl RocksTables {
         let view = self.db.snapshot();
         for (index, table) in self.tables.iter().enumerate() {
             let cf = self.cf(index)?;
-            // Key group → (entry count, concatenated entries).
-            let mut parts: BTreeMap<usize, (u64, Vec<u8>)> = BTreeMap::new();
-            let mut it = view.raw_iterator_cf(cf);
-            it.seek_to_first();
-            while let Some((key, value)) = it.item() {
-                let corrupt = || {
-                    StateError::Corrupt(format!("state '{}': malformed RocksDB entry", table.name))
-                };
-                let (prefix, key_bytes) = key.split_at_checked(2).ok_or_else(corrupt)?;
-                let (touched, used) = codec::decode_prefix::<i64>(value)?;
-                if !expired(table.ttl, touched, now) {
-                    let kg = if max_parallelism == self.max_parallelism {
-                        u16::from_be_bytes([prefix[0], prefix[1]]) as usize
-                    } else {
-                        let key: K = codec::decode(key_bytes)?;
-                        key_group_for_hash(hash_key(&key), max_parallelism)
-                    };
-                    let part = parts.entry(kg).or_default();
-                    part.0 += 1;
-                    part.1.extend_from_slice(key_bytes);
-                    part.1.extend_from_slice(&value[used..]);
-                    codec::encode_into(&touched, &mut part.1)?;
-                }
-                it.next();
-            }
-            it.status()
-                .map_err(|e| storage("reading state for a snapshot", e))?;
-            for (kg, (count, entries)) in parts {
-                let mut bytes = codec::encode(&count)?;
-                bytes.extend_from_slice(&entries);
-                groups.entry(kg).or_default().push((&table.name, bytes));
-            }
+            let mut parts = BTreeMap::new();
+            let own = max_parallelism == self.max_parallelism;
+            collect_entries(
+                view.raw_iterator_cf(cf),
+                &table.name,
+                table.ttl,
+                now,
+                None,
+                |key_bytes| {
+                    if own {
+                        return Ok(None);
+                    }
+                    let key: K = codec::decode(key_bytes)?;
+                    Ok(Some(key_group_for_hash(hash_key(&key), max_parallelism)))
+                },
+                &mut parts,
+            )?;
+            add_parts(&table.name, parts, groups)?;
         }
         Ok(())
     }
@@ -353,6 +628,279 @@ impl RocksTables {
                 .map_err(|e| storage("flushing state", e))?;
         }
         Ok(())
+    }
+}
+
+impl RocksTables {
+    /// The directory local snapshots and restored databases are made in.
+    fn parent(&self) -> Option<&Path> {
+        self.dir.path().parent()
+    }
+
+    /// Takes a native snapshot for checkpoint `checkpoint`: flushes the
+    /// memtables and makes a RocksDB checkpoint (hard links) next to the
+    /// database. The returned directory belongs to the uploader.
+    pub(crate) fn native_snapshot(
+        &mut self,
+        checkpoint: u64,
+        key_groups: KeyGroupRange,
+    ) -> Result<LocalSnapshot, StateError> {
+        self.flush()?;
+        // Snapshots of earlier barriers that no uploader claimed belong to
+        // checkpoints that did not complete.
+        for old in std::mem::take(&mut self.outstanding) {
+            crate::native::remove_local_dir(&old)?;
+        }
+        let name = self
+            .dir
+            .path()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| StateError::Storage("the RocksDB directory has no name".into()))?;
+        let target = match self.parent() {
+            Some(parent) => parent.join(format!("{name}{SNAPSHOT_INFIX}{checkpoint}")),
+            None => {
+                return Err(StateError::Storage(
+                    "the RocksDB directory has no parent".into(),
+                ))
+            }
+        };
+        crate::native::remove_local_dir(&target)?;
+        Checkpoint::new(&self.db)
+            .and_then(|c| c.create_checkpoint(&target))
+            .map_err(|e| {
+                storage(
+                    &format!("making a RocksDB checkpoint in {}", target.display()),
+                    e,
+                )
+            })?;
+        self.outstanding.push(target.clone());
+        let mut files = Vec::new();
+        let entries = std::fs::read_dir(&target)
+            .map_err(|e| storage(&format!("listing {}", target.display()), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| storage(&format!("listing {}", target.display()), e))?;
+            let meta = entry
+                .metadata()
+                .map_err(|e| storage(&format!("reading {}", entry.path().display()), e))?;
+            if !meta.is_file() {
+                continue;
+            }
+            let Ok(name) = entry.file_name().into_string() else {
+                return Err(StateError::Storage(format!(
+                    "RocksDB made a file with a name that is not UTF-8 in {}",
+                    target.display()
+                )));
+            };
+            let size = meta.len();
+            let uploaded = if LocalSnapshot::is_shareable(&name) {
+                self.inherited
+                    .get(&name)
+                    .filter(|r| r.size == size)
+                    .cloned()
+            } else {
+                None
+            };
+            files.push(LocalFile {
+                name,
+                size,
+                uploaded,
+            });
+        }
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        let tables = self
+            .tables
+            .iter()
+            .map(|t| TableInfo {
+                name: t.name.clone(),
+                type_name: if t.bound {
+                    t.type_name.to_string()
+                } else {
+                    t.recorded_type.clone()
+                },
+                ttl_ms: t.ttl.map(|t| t.ttl_ms),
+            })
+            .collect();
+        Ok(LocalSnapshot {
+            db_id: self.db_id.clone(),
+            checkpoint,
+            max_parallelism: self.max_parallelism,
+            key_groups,
+            incremental: self.incremental,
+            tables,
+            dir: target,
+            files,
+        })
+    }
+
+    /// Restores the key groups `range` from native snapshots: opens the one
+    /// that overlaps `range` most as this store's database, deletes the key
+    /// groups outside `range` from it, and copies the overlapping key groups
+    /// of every other snapshot in.
+    pub(crate) fn restore_native(
+        &mut self,
+        snapshots: Vec<RestoredSnapshot>,
+        range: KeyGroupRange,
+    ) -> Result<(), StateError> {
+        if self.tables.iter().any(|t| t.bound) {
+            return Err(StateError::Corrupt(
+                "native RocksDB state restored after state was first used".into(),
+            ));
+        }
+        for s in &snapshots {
+            if s.max_parallelism != self.max_parallelism {
+                return Err(StateError::InvalidKeyGroups(format!(
+                    "a RocksDB snapshot of max parallelism {} cannot restore a store of {}",
+                    s.max_parallelism, self.max_parallelism
+                )));
+            }
+        }
+        let mut relevant: Vec<RestoredSnapshot> = snapshots
+            .into_iter()
+            .filter(|s| overlap(s.key_groups, range).is_some())
+            .collect();
+        let Some(base_index) = (0..relevant.len()).max_by_key(|&i| {
+            overlap(relevant[i].key_groups, range).map_or(0, |(lo, hi)| hi - lo + 1)
+        }) else {
+            return Ok(());
+        };
+        let base = relevant.swap_remove(base_index);
+        let dir = write_files(&base, self.parent(), &self.prefix)?;
+        let db = open_existing(dir.path())?;
+        // The old (empty) database closes before its directory is removed.
+        self.db = db;
+        self.dir = dir;
+        self.tables.clear();
+        self.by_name.clear();
+        self.inherited = base
+            .files
+            .iter()
+            .filter_map(|f| Some((f.name.clone(), f.shared.clone()?)))
+            .collect();
+        for table in &base.tables {
+            let index = self.register_restored(table)?;
+            self.delete_outside(index, range)?;
+        }
+        for other in relevant {
+            self.copy_from(&other, range)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every key group outside `range` from a table.
+    fn delete_outside(&self, index: usize, range: KeyGroupRange) -> Result<(), StateError> {
+        let cf = self.cf(index)?;
+        let fail = |e| storage("dropping key groups another subtask owns", e);
+        if range.start > 0 {
+            self.db
+                .delete_range_cf_opt(cf, group_start(0), group_start(range.start), &self.write)
+                .map_err(fail)?;
+        }
+        // Key group 65535 has no finite end key; its keys are deleted one by one.
+        let last = self.max_parallelism.min(u16::MAX as usize);
+        if range.end + 1 < last {
+            self.db
+                .delete_range_cf_opt(
+                    cf,
+                    group_start(range.end + 1),
+                    group_start(last),
+                    &self.write,
+                )
+                .map_err(fail)?;
+        }
+        if range.end + 1 < self.max_parallelism && self.max_parallelism > u16::MAX as usize {
+            let mut it = self.db.raw_iterator_cf(cf);
+            it.seek(group_start(u16::MAX as usize));
+            let mut batch = WriteBatch::default();
+            while let Some(key) = it.key() {
+                batch.delete_cf(cf, key);
+                it.next();
+            }
+            it.status().map_err(fail)?;
+            drop(it);
+            self.db.write_opt(batch, &self.write).map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    /// Copies the key groups of `range` from a snapshot into this database.
+    fn copy_from(
+        &mut self,
+        snapshot: &RestoredSnapshot,
+        range: KeyGroupRange,
+    ) -> Result<(), StateError> {
+        let Some((lo, hi)) = overlap(snapshot.key_groups, range) else {
+            return Ok(());
+        };
+        let dir = write_files(snapshot, self.parent(), "rill-rocksdb-restore-")?;
+        let source = open_read_only(dir.path())?;
+        let fail = |e| storage("copying restored key groups", e);
+        for table in &snapshot.tables {
+            let index = self.register_restored(table)?;
+            let Some(from) = source.cf_handle(&column_family(&table.name)) else {
+                return Err(StateError::Corrupt(format!(
+                    "the snapshot lacks the column family of state '{}'",
+                    table.name
+                )));
+            };
+            let to = self.cf(index)?;
+            let end = group_start(hi + 1);
+            let mut it = source.raw_iterator_cf(from);
+            it.seek(group_start(lo));
+            let mut batch = WriteBatch::default();
+            while let Some((key, value)) = it.item() {
+                if key >= end.as_slice() {
+                    break;
+                }
+                batch.put_cf(to, key, value);
+                if batch.len() >= COPY_BATCH {
+                    self.db
+                        .write_opt(std::mem::take(&mut batch), &self.write)
+                        .map_err(fail)?;
+                }
+                it.next();
+            }
+            it.status().map_err(fail)?;
+            self.db.write_opt(batch, &self.write).map_err(fail)?;
+        }
+        Ok(())
+    }
+}
+
+/// The key groups two ranges share, if any.
+fn overlap(a: KeyGroupRange, b: KeyGroupRange) -> Option<(usize, usize)> {
+    let lo = a.start.max(b.start);
+    let hi = a.end.min(b.end);
+    (lo <= hi).then_some((lo, hi))
+}
+
+/// The key-group blobs of `range` in a restored native snapshot, for a store
+/// that does not keep its state in RocksDB.
+pub(crate) fn restored_key_group_blobs(
+    snapshot: &RestoredSnapshot,
+    range: KeyGroupRange,
+) -> Result<Vec<(usize, Vec<u8>)>, StateError> {
+    let Some((lo, hi)) = overlap(snapshot.key_groups, range) else {
+        return Ok(Vec::new());
+    };
+    let dir = write_files(snapshot, None, "rill-rocksdb-restore-")?;
+    key_group_blobs_of_dir(
+        dir.path(),
+        snapshot.max_parallelism,
+        &snapshot.tables,
+        Some(KeyGroupRange { start: lo, end: hi }),
+    )
+}
+
+impl Drop for RocksTables {
+    fn drop(&mut self) {
+        // The newest snapshot may still be uploaded after the task ends; the
+        // uploader removes it, and so does the next store of this operator
+        // opened in the same directory if nobody took it.
+        self.outstanding.pop();
+        for old in self.outstanding.drain(..) {
+            let _ = crate::native::remove_local_dir(&old);
+        }
     }
 }
 

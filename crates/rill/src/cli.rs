@@ -14,6 +14,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use rill_api::{Catalog, Configuration, JobArgs};
 
+use crate::cluster::{RestClient, ServicesFactory};
+
 #[derive(Parser, Debug)]
 #[command(name = "rill", version, about = "Stateful stream processing in Rust")]
 struct Cli {
@@ -48,11 +50,55 @@ enum Command {
     },
     /// List the jobs compiled into this binary.
     Entries,
-    /// Take a savepoint of a job running locally (`rill run`), by job id
-    /// (the entry name unless `--job-id` was given).
-    Savepoint { job_id: String },
-    /// Stop a job running locally with a final savepoint.
-    Stop { job_id: String },
+    /// Take a savepoint of a job, by job id: one running locally (`rill
+    /// run`; the id is the entry name unless `--job-id` was given), or on a
+    /// cluster with `--jobmanager`.
+    Savepoint {
+        job_id: String,
+        /// The JobManager's REST address (host:port or URL).
+        #[arg(long)]
+        jobmanager: Option<String>,
+    },
+    /// Stop a job with a final savepoint (locally, or on a cluster with
+    /// `--jobmanager`).
+    Stop {
+        job_id: String,
+        #[arg(long)]
+        jobmanager: Option<String>,
+    },
+    /// Start a JobManager: a session cluster, or with `--job` an application
+    /// cluster that runs that entry and exits with it.
+    Jobmanager {
+        /// Catalogue entry to run (application mode).
+        #[arg(long)]
+        job: Option<String>,
+        /// The job's arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Start a TaskManager that offers its slots to the leading JobManager.
+    Taskmanager,
+    /// Submit a catalogue entry to a session cluster.
+    Submit {
+        #[arg(long)]
+        jobmanager: String,
+        entry: String,
+        /// Job arguments (plus --parallelism P, --restore PATH,
+        /// --allow-non-restored-state, --job-id ID).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// List a cluster's jobs.
+    List {
+        #[arg(long)]
+        jobmanager: String,
+    },
+    /// Cancel a job on a cluster.
+    Cancel {
+        #[arg(long)]
+        jobmanager: String,
+        job_id: String,
+    },
     /// Benchmarks that print events per second.
     Bench {
         #[command(subcommand)]
@@ -217,6 +263,16 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    run_with(catalog, args, None)
+}
+
+/// [`run`] with cluster services for configurations the runtime alone
+/// cannot serve (Kubernetes HA and TaskManager pods).
+pub fn run_with<I, T>(catalog: Catalog, args: I, services: Option<ServicesFactory>) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -225,7 +281,7 @@ where
         }
     };
     init_logging(cli.log_json);
-    match execute(&cli, &catalog) {
+    match execute(&cli, &catalog, services) {
         Ok(()) => 0,
         Err(message) => {
             eprintln!("error: {message}");
@@ -234,18 +290,107 @@ where
     }
 }
 
-fn execute(cli: &Cli, catalog: &Catalog) -> Result<(), String> {
+fn execute(cli: &Cli, catalog: &Catalog, services: Option<ServicesFactory>) -> Result<(), String> {
     // Validate the configuration for every command, so typos never pass silently.
     configuration(cli, &[], None)?;
+    let savepoint_timeout = std::time::Duration::from_secs(600);
     match &cli.command {
-        Command::Savepoint { job_id } => {
+        Command::Savepoint {
+            job_id,
+            jobmanager: None,
+        } => {
             let location = crate::control::request(job_id, "savepoint")?;
             println!("savepoint: {location}");
             Ok(())
         }
-        Command::Stop { job_id } => {
+        Command::Savepoint {
+            job_id,
+            jobmanager: Some(url),
+        } => {
+            let location = RestClient::new(url)?.savepoint(job_id, false, savepoint_timeout)?;
+            println!("savepoint: {location}");
+            Ok(())
+        }
+        Command::Stop {
+            job_id,
+            jobmanager: None,
+        } => {
             crate::control::request(job_id, "stop")?;
             eprintln!("job '{job_id}' is stopping with a savepoint");
+            Ok(())
+        }
+        Command::Stop {
+            job_id,
+            jobmanager: Some(url),
+        } => {
+            let location = RestClient::new(url)?.savepoint(job_id, true, savepoint_timeout)?;
+            println!("savepoint: {location}");
+            Ok(())
+        }
+        Command::Jobmanager { job, args } => {
+            let split = split_args(args.clone());
+            let config = configuration(cli, &split.dynamic, split.parallelism.as_deref())?;
+            if let Some(entry) = job {
+                catalog.get(entry).map_err(|e| e.to_string())?;
+            } else if !split.job.is_empty() {
+                return Err(format!(
+                    "job arguments {:?} need --job ENTRY (application mode)",
+                    split.job
+                ));
+            }
+            let job = job.clone().map(|entry| (entry, split.job));
+            crate::cluster::jobmanager(catalog.clone(), config, job, services)
+        }
+        Command::Taskmanager => {
+            let config = configuration(cli, &[], None)?;
+            crate::cluster::taskmanager(catalog.clone(), config, services)
+        }
+        Command::Submit {
+            jobmanager,
+            entry,
+            args,
+        } => {
+            let split = split_args(args.clone());
+            let mut request = serde_json::json!({ "entry": entry, "args": split.job });
+            if let Some(p) = &split.parallelism {
+                let p: usize = p
+                    .parse()
+                    .map_err(|_| format!("--parallelism {p}: not a number"))?;
+                request["parallelism"] = p.into();
+            }
+            for kv in &split.dynamic {
+                match kv.split_once('=') {
+                    Some(("execution.savepoint.path", v)) => request["savepointPath"] = v.into(),
+                    Some(("execution.savepoint.ignore-unclaimed-state", "true")) => {
+                        request["allowNonRestoredState"] = true.into()
+                    }
+                    Some(("$internal.pipeline.job-id", v)) => request["jobId"] = v.into(),
+                    _ => {
+                        return Err(format!(
+                            "'{kv}' cannot be set per job; set it on the cluster"
+                        ))
+                    }
+                }
+            }
+            let answer = RestClient::new(jobmanager)?.post("/jobs", &request)?;
+            println!("{}", answer["jobid"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        Command::List { jobmanager } => {
+            let answer = RestClient::new(jobmanager)?.get("/jobs/overview")?;
+            for job in answer["jobs"].as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}\t{}",
+                    job["jid"].as_str().unwrap_or_default(),
+                    job["state"].as_str().unwrap_or_default(),
+                    job["name"].as_str().unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        Command::Cancel { jobmanager, job_id } => {
+            RestClient::new(jobmanager)?.patch(&format!("/jobs/{job_id}?mode=cancel"))?;
+            eprintln!("job {job_id} is cancelling");
             Ok(())
         }
         Command::Entries => {

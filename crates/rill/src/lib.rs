@@ -23,6 +23,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod cluster;
 pub mod control;
 
 pub use rill_api as api;
@@ -44,11 +45,8 @@ pub mod prelude {
     pub use rill_connectors::*;
 }
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
 use rill_api::Configuration;
-use rill_runtime::{CheckpointSettings, JobOptions, JobReport, LocalExecutor, RestartStrategy};
+use rill_runtime::{JobOptions, JobReport, LocalExecutor};
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -93,76 +91,14 @@ pub fn run_local_with(
     Ok(executor.run_with(&graph, &options)?)
 }
 
-/// Storage options (S3 endpoint and credentials) from the configuration.
-fn storage_options(config: &Configuration) -> BTreeMap<String, String> {
-    config
-        .entries()
-        .filter(|(k, _)| k.starts_with("s3."))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
-
 /// Checkpointing, restore and restart settings from Flink's keys.
 pub fn job_options(config: &Configuration, job_name: &str) -> Result<JobOptions, Error> {
-    let storage = storage_options(config);
-    let open = |key: &str| -> Result<Option<rill_checkpoint::CheckpointStorage>, Error> {
-        match config.get(key) {
-            Some(uri) => Ok(Some(
-                rill_checkpoint::CheckpointStorage::open(uri, &storage)
-                    .map_err(rill_runtime::RuntimeError::from)?,
-            )),
-            None => Ok(None),
-        }
-    };
-    let checkpoints = CheckpointSettings::from_config(config)?;
-    let job_id = match config.get("$internal.pipeline.job-id") {
-        Some(id) => id.to_string(),
-        None => job_name.to_string(),
-    };
-    let restore = match config.get("execution.savepoint.path") {
-        Some(location) => {
-            let (state, warnings) = rill_runtime::load_restore_point(location, &job_id, &storage)?;
-            for w in warnings {
-                eprintln!("warning: {w}");
-            }
-            eprintln!(
-                "restoring from checkpoint {} ({location})",
-                state.checkpoint
-            );
-            Some(Arc::new(state))
-        }
-        None => None,
-    };
-    Ok(JobOptions {
-        job_id,
-        restart: RestartStrategy::from_config(config, checkpoints.is_some())?,
-        checkpoint_storage: open("state.checkpoints.dir")?,
-        savepoint_storage: open("state.savepoints.dir")?,
-        checkpoints,
-        restore,
-        allow_non_restored_state: config
-            .get_parsed("execution.savepoint.ignore-unclaimed-state")?
-            .unwrap_or(false),
-        state_backend: state_backend(config)?,
-    })
+    Ok(rill_runtime::options::job_options(config, job_name)?)
 }
 
 /// The state backend from `state.backend.type` (with its options).
 pub fn state_backend(config: &Configuration) -> Result<rill_api::checkpoint::StateBackend, Error> {
-    rill_api::checkpoint::StateBackend::from_config(
-        config.get("state.backend.type").unwrap_or("hashmap"),
-        config
-            .get_parsed("state.backend.incremental")?
-            .unwrap_or(false),
-        config.get("state.backend.rocksdb.localdir"),
-    )
-    .map_err(|e| {
-        let message = match e {
-            rill_state::StateError::Backend(m) => m,
-            other => other.to_string(),
-        };
-        Error::Api(rill_api::Error::Config(message))
-    })
+    Ok(rill_runtime::options::state_backend(config)?)
 }
 
 pub(crate) fn executor_for(config: &Configuration) -> Result<LocalExecutor, Error> {
@@ -176,4 +112,10 @@ pub(crate) fn executor_for(config: &Configuration) -> Result<LocalExecutor, Erro
 /// The `main` of a Rill binary: parses the command line and runs it.
 pub fn main(catalog: Catalog) {
     std::process::exit(cli::run(catalog, std::env::args_os()));
+}
+
+/// [`main`] with cluster services the runtime alone does not have (the
+/// Kubernetes HA and TaskManager pods of `rill-operator`).
+pub fn main_with_services(catalog: Catalog, services: cluster::ServicesFactory) {
+    std::process::exit(cli::run_with(catalog, std::env::args_os(), Some(services)));
 }

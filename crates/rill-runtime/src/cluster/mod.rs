@@ -3,4 +3,11 @@
 //! over TCP, and a REST API in front.
 
 pub mod dispatch;
+pub mod history;
+pub mod jobmanager;
+pub mod metrics;
+pub(crate) mod network;
+pub mod rest;
+pub(crate) mod rpc;
 pub mod services;
+pub mod taskmanager;

@@ -157,7 +157,13 @@ impl HighAvailability for StandaloneHa {
     }
 
     fn jobs(&self) -> Result<Vec<StoredJob>, RuntimeError> {
-        Ok(self.jobs.lock().map_err(poisoned)?.values().cloned().collect())
+        Ok(self
+            .jobs
+            .lock()
+            .map_err(poisoned)?
+            .values()
+            .cloned()
+            .collect())
     }
 
     fn put_job(&self, leadership: &Leadership, job: &StoredJob) -> Result<(), RuntimeError> {
@@ -191,7 +197,12 @@ impl HighAvailability for StandaloneHa {
     }
 
     fn latest_checkpoint(&self, job_id: &str) -> Result<Option<CheckpointPointer>, RuntimeError> {
-        Ok(self.checkpoints.lock().map_err(poisoned)?.get(job_id).cloned())
+        Ok(self
+            .checkpoints
+            .lock()
+            .map_err(poisoned)?
+            .get(job_id)
+            .cloned())
     }
 }
 
@@ -252,7 +263,10 @@ mod tests {
         ha.put_checkpoint(&leadership, "j", &pointer).unwrap();
         assert_eq!(ha.latest_checkpoint("j").unwrap(), Some(pointer.clone()));
         leadership.revoke();
-        let newer = CheckpointPointer { id: 4, ..pointer.clone() };
+        let newer = CheckpointPointer {
+            id: 4,
+            ..pointer.clone()
+        };
         assert!(matches!(
             ha.put_checkpoint(&leadership, "j", &newer),
             Err(RuntimeError::NotLeader(_))
