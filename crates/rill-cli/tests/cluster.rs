@@ -442,3 +442,168 @@ fn a_session_cluster_runs_two_jobs_and_cancels_one_without_disturbing_the_other(
     assert_eq!(overview["jobs-finished"], 1, "{overview}");
     assert_eq!(overview["jobs-cancelled"], 1, "{overview}");
 }
+
+/// Starts a TaskManager whose RocksDB lives in its own local directory and
+/// whose log goes to a file (read after the run; a pipe nobody drains could
+/// block it).
+fn start_rocksdb_taskmanager(c: &mut Cluster, id: &str) -> (usize, PathBuf) {
+    let local = c.path(&format!("{id}-rocksdb"));
+    std::fs::create_dir_all(&local).unwrap();
+    let log = c.path(&format!("{id}.log"));
+    let mut command = c.rill();
+    command
+        .arg("-D")
+        .arg(format!(
+            "state.backend.rocksdb.localdir={}",
+            local.display()
+        ))
+        .args([
+            "-D",
+            &format!("taskmanager.resource-id={id}"),
+            "taskmanager",
+        ])
+        .env("RUST_LOG", "warn,rill_checkpoint=debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    c.processes.0.push(command.spawn().unwrap());
+    (c.processes.0.len() - 1, log)
+}
+
+/// Native RocksDB files `_metadata` of a complete checkpoint lists.
+fn native_files_of_checkpoints(root: &Path, job: &str) -> usize {
+    std::fs::read_dir(root.join(job))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("_metadata")).ok())
+        .filter_map(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .map(|meta| {
+            meta["operators"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|op| op["files"].as_array().into_iter().flatten())
+                .filter_map(|f| f["native"]["files"].as_array())
+                .map(Vec::len)
+                .sum::<usize>()
+        })
+        .sum()
+}
+
+#[test]
+fn rocksdb_state_checkpoints_natively_across_taskmanagers_and_survives_a_kill() {
+    let mut c = Cluster::new();
+    write_input(&c.path("in.csv"), 60_000, 33);
+    // Running sums per key are keyed state, so they live in RocksDB.
+    let mut args = c.job_args("in.csv", "reference");
+    args.push("--running-sums".into());
+    let o = Command::new(env!("CARGO_BIN_EXE_rill"))
+        .args(["run", JOB])
+        .args(&args)
+        .args(["--parallelism", "2"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let expected = c.output("reference");
+    let sums = |c: &Cluster, out: &str| {
+        let text = std::fs::read_to_string(c.path(out).join("sums.csv")).unwrap_or_default();
+        let mut lines: Vec<String> = text.lines().map(String::from).collect();
+        lines.sort();
+        lines
+    };
+    let expected_sums = sums(&c, "reference");
+    assert_eq!(expected_sums.len(), 60_000, "a running sum per input line");
+
+    let ck = c.path("checkpoints");
+    let mut args = c.job_args("in.csv", "out");
+    args.push("--running-sums".into());
+    let mut jm = c.rill();
+    jm.args(["jobmanager", "--job", JOB])
+        .args(&args)
+        .args([
+            "--rate",
+            "8000",
+            "--parallelism",
+            "4",
+            "--checkpoint-interval",
+            "100",
+        ])
+        .args(["-D", "state.checkpoints.num-retained=3"])
+        .args(["-D", "state.backend.type=rocksdb"])
+        .args(["-D", "state.backend.incremental=true"])
+        .arg("--checkpoint-dir")
+        .arg(&ck)
+        .args(["-D", "restart-strategy.type=fixed-delay"])
+        .args(["-D", "restart-strategy.fixed-delay.attempts=5"])
+        .args(["-D", "restart-strategy.fixed-delay.delay=200 ms"]);
+    let jm = c.processes.spawn(&mut jm);
+    let ids = ["tm-1", "tm-2", "tm-3"];
+    let tms: Vec<(usize, PathBuf)> = ids
+        .iter()
+        .map(|id| start_rocksdb_taskmanager(&mut c, id))
+        .collect();
+    c.wait_for_rest();
+    c.wait_for_state(JOB, &["RUNNING"], Duration::from_secs(30));
+
+    let started = Instant::now();
+    while complete_checkpoints(&ck, JOB) < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no checkpoints"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The checkpoints hold RocksDB's own files, not key groups.
+    assert!(
+        native_files_of_checkpoints(&ck, JOB) > 0,
+        "the checkpoints list no native RocksDB files"
+    );
+    let (_, tm_list) = c.http("GET", "/taskmanagers", None);
+    let busy = tm_list["taskmanagers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["freeSlots"].as_u64() < t["slotsNumber"].as_u64())
+        .and_then(|t| t["id"].as_str())
+        .expect("a TaskManager runs tasks")
+        .to_string();
+    let victim = ids.iter().position(|id| *id == busy).unwrap();
+    let partial = sums(&c, "out");
+    c.processes.0[tms[victim].0].kill().unwrap(); // SIGKILL
+    c.processes.0[tms[victim].0].wait().unwrap();
+    let (_, replacement_log) = start_rocksdb_taskmanager(&mut c, "tm-4");
+
+    let status = wait_exit(&mut c.processes.0[jm], Duration::from_secs(120));
+    let log = stderr_of(&mut c.processes.0[jm]);
+    assert!(status.success(), "the JobManager failed:\n{log}");
+    assert!(
+        log.contains("restarting"),
+        "the job never failed over:\n{log}"
+    );
+    assert!(
+        partial.len() < expected_sums.len(),
+        "the TaskManager was killed mid-stream"
+    );
+    assert_same(&c.output("out"), &expected, "RocksDB state after a SIGKILL");
+    let actual_sums = sums(&c, "out");
+    if actual_sums != expected_sums {
+        let missing = expected_sums
+            .iter()
+            .filter(|l| actual_sums.binary_search(l).is_err())
+            .count();
+        panic!(
+            "sums.csv has {} lines, the uninterrupted run {}: {missing} missing",
+            actual_sums.len(),
+            expected_sums.len()
+        );
+    }
+    // The TaskManagers uploaded the RocksDB files themselves.
+    let staged = tms
+        .iter()
+        .map(|(_, log)| log)
+        .chain([&replacement_log])
+        .filter_map(|log| std::fs::read_to_string(log).ok())
+        .filter(|text| text.contains("native snapshot staged"))
+        .count();
+    assert!(staged > 0, "no TaskManager staged a native snapshot");
+}

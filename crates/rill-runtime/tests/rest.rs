@@ -15,7 +15,8 @@ use rill_runtime::cluster::dispatch::{
 };
 use rill_runtime::cluster::history::JobHistory;
 use rill_runtime::cluster::metrics::{ClusterMetrics, MetricsServer, SubtaskTotals};
-use rill_runtime::cluster::rest::{RestOptions, RestServer, ServerError};
+use rill_runtime::cluster::rest::{RestOptions, RestServer};
+use rill_runtime::RuntimeError;
 use serde_json::Value;
 
 struct Harness {
@@ -635,7 +636,9 @@ fn bind_errors_are_reported() {
         RestOptions::default(),
     );
     match result {
-        Err(ServerError::Bind { addr: failed, .. }) => assert_eq!(failed, addr),
+        Err(RuntimeError::Io { context, .. }) => {
+            assert!(context.contains(&addr.to_string()), "{context}")
+        }
         other => panic!("expected a bind error, got {other:?}"),
     }
 }

@@ -173,7 +173,16 @@ pub fn jobmanager(
         }
         if let Some(id) = &job_id {
             match manager.job_status(id) {
-                Some(JobStatus::Finished) => break Ok(()),
+                Some(JobStatus::Finished) => {
+                    if let Some(job) = manager.dispatcher().job(id) {
+                        eprintln!(
+                            "job {id} finished in {:.3} s ({} restarts)",
+                            job.duration as f64 / 1000.0,
+                            job.restarts
+                        );
+                    }
+                    break Ok(());
+                }
                 Some(s) if s.is_terminal() => break Err(format!("job {id} ended {s:?}")),
                 _ => {}
             }

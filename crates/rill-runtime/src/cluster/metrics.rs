@@ -74,7 +74,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::rest::{HttpServer, ServerError};
+use super::rest::HttpServer;
+use crate::RuntimeError;
 
 /// Flink's key for the Prometheus reporter's port.
 pub const PROMETHEUS_PORT_KEY: &str = "metrics.reporter.prom.port";
@@ -515,7 +516,7 @@ impl MetricsServer {
     pub fn start(
         addr: SocketAddr,
         metrics: Arc<ClusterMetrics>,
-    ) -> Result<HttpServer, ServerError> {
+    ) -> Result<HttpServer, RuntimeError> {
         let app = Router::new()
             .route("/metrics", get(serve_metrics))
             .fallback(|| async { StatusCode::NOT_FOUND })

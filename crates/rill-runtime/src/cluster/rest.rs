@@ -69,6 +69,7 @@ use super::dispatch::{
 };
 use super::history::{self, History};
 use super::metrics::{metrics_response, ClusterMetrics};
+use crate::RuntimeError;
 
 /// Reported as `flink-revision` / `flink-commit`.
 pub const REVISION: &str = concat!("rill-", env!("CARGO_PKG_VERSION"));
@@ -99,23 +100,6 @@ impl Default for RestOptions {
     }
 }
 
-/// Why an HTTP server could not be started.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("cannot bind {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot start the HTTP server's runtime: {0}")]
-    Runtime(#[source] std::io::Error),
-    #[error("cannot start the HTTP server's thread: {0}")]
-    Thread(#[source] std::io::Error),
-    #[error("the HTTP server's thread panicked")]
-    Panicked,
-}
-
 /// A task run on the server's runtime for as long as the server runs.
 pub type BackgroundTask = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
@@ -135,22 +119,31 @@ impl HttpServer {
         name: &str,
         app: Router,
         background: Vec<BackgroundTask>,
-    ) -> Result<Self, ServerError> {
-        let listener = std::net::TcpListener::bind(addr)
-            .map_err(|source| ServerError::Bind { addr, source })?;
-        let bound = listener
-            .local_addr()
-            .map_err(|source| ServerError::Bind { addr, source })?;
+    ) -> Result<Self, RuntimeError> {
+        let listener = std::net::TcpListener::bind(addr).map_err(|source| RuntimeError::Io {
+            context: format!("cannot bind {addr}"),
+            source,
+        })?;
+        let bound = listener.local_addr().map_err(|source| RuntimeError::Io {
+            context: format!("cannot bind {addr}"),
+            source,
+        })?;
         listener
             .set_nonblocking(true)
-            .map_err(|source| ServerError::Bind { addr, source })?;
+            .map_err(|source| RuntimeError::Io {
+                context: format!("cannot bind {addr}"),
+                source,
+            })?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .max_blocking_threads(16)
             .thread_name(format!("{name}-worker"))
             .enable_all()
             .build()
-            .map_err(ServerError::Runtime)?;
+            .map_err(|source| RuntimeError::Io {
+                context: "cannot start the HTTP server's runtime".into(),
+                source,
+            })?;
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
@@ -158,7 +151,7 @@ impl HttpServer {
                 runtime.block_on(serve(listener, app, background, stopped));
                 runtime.shutdown_timeout(Duration::from_secs(1));
             })
-            .map_err(ServerError::Thread)?;
+            .map_err(RuntimeError::Spawn)?;
         tracing::info!(address = %bound, server = name, "HTTP server listening");
         Ok(HttpServer {
             addr: bound,
@@ -174,17 +167,19 @@ impl HttpServer {
 
     /// Stops accepting connections, waits (up to 5 s) for requests in
     /// flight, and joins the server thread.
-    pub fn shutdown(mut self) -> Result<(), ServerError> {
+    pub fn shutdown(mut self) -> Result<(), RuntimeError> {
         self.stop_and_join()
     }
 
-    fn stop_and_join(&mut self) -> Result<(), ServerError> {
+    fn stop_and_join(&mut self) -> Result<(), RuntimeError> {
         if let Some(stop) = self.stop.take() {
             // The receiver is gone only if the server already ended.
             let _ = stop.send(());
         }
         match self.thread.take() {
-            Some(thread) => thread.join().map_err(|_| ServerError::Panicked),
+            Some(thread) => thread
+                .join()
+                .map_err(|_| RuntimeError::Cluster("the HTTP server's thread panicked".into())),
             None => Ok(()),
         }
     }
@@ -250,7 +245,7 @@ impl RestServer {
         dispatcher: Arc<dyn Dispatcher>,
         metrics: Arc<ClusterMetrics>,
         options: RestOptions,
-    ) -> Result<Self, ServerError> {
+    ) -> Result<Self, RuntimeError> {
         let history = Arc::new(History::new(
             options.history_capacity,
             options.sample_interval,
@@ -276,7 +271,7 @@ impl RestServer {
         &self.history
     }
 
-    pub fn shutdown(self) -> Result<(), ServerError> {
+    pub fn shutdown(self) -> Result<(), RuntimeError> {
         self.http.shutdown()
     }
 }

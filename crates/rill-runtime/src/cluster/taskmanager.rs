@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
+use rill_api::checkpoint::Snapshotted;
 use rill_api::exec::TaskMetrics;
 use rill_api::graph::{Erased, JobGraph, StreamType};
 use rill_api::{Catalog, Configuration, Error, JobArgs, StreamEnv};
@@ -419,12 +420,31 @@ impl TaskManager {
                 },
             );
         }
-        // Forward the tasks' events until all of them ended.
+        // Forward the tasks' events until all of them ended. Native RocksDB
+        // snapshots are uploaded on the way, here rather than on the task
+        // threads: the JobManager cannot read this machine's files.
         let (sender, attempts, data) = (sender.clone(), self.attempts.clone(), self.data.clone());
+        let mut staging = NativeStaging {
+            uri: config
+                .get("state.checkpoints.dir")
+                .or_else(|| config.get("state.savepoints.dir"))
+                .map(str::to_string),
+            options: crate::options::storage_options(&config),
+            job: config
+                .get("$internal.pipeline.job-id")
+                .map_or_else(|| d.job.clone(), str::to_string),
+            storage: None,
+        };
         std::thread::Builder::new()
             .name("task-events".into())
             .spawn(move || {
                 for event in events {
+                    let event = match event {
+                        TaskEvent::Snapshot(snapshot) => {
+                            TaskEvent::Snapshot(staging.stage(snapshot))
+                        }
+                        other => other,
+                    };
                     let message = ToJobManager::Task {
                         job: key.0.clone(),
                         attempt: key.1,
@@ -444,6 +464,95 @@ impl TaskManager {
             })
             .map_err(RuntimeError::Spawn)?;
         Ok(())
+    }
+}
+
+/// Uploads the native RocksDB snapshots of an attempt's tasks before their
+/// reports leave this TaskManager (see `CheckpointStorage::stage_native`).
+/// The storage is opened at the first snapshot that needs it, so jobs without
+/// RocksDB state never open it.
+struct NativeStaging {
+    /// `state.checkpoints.dir`, else `state.savepoints.dir`.
+    uri: Option<String>,
+    options: std::collections::BTreeMap<String, String>,
+    job: String,
+    storage: Option<rill_checkpoint::CheckpointStorage>,
+}
+
+impl NativeStaging {
+    /// The report with its local snapshot replaced by a staged one; a
+    /// snapshot that cannot be staged declines the checkpoint instead.
+    fn stage(&mut self, snapshot: Snapshotted) -> Snapshotted {
+        let (checkpoint, uid, subtask, parallelism, max_parallelism, state) = match snapshot {
+            Snapshotted::State {
+                checkpoint,
+                uid,
+                subtask,
+                parallelism,
+                max_parallelism,
+                state,
+            } => (
+                checkpoint,
+                uid,
+                subtask,
+                parallelism,
+                max_parallelism,
+                state,
+            ),
+            other => return other,
+        };
+        let local = uid.ends_with(rill_state::native::NATIVE_UID_SUFFIX)
+            && state
+                .operator
+                .as_deref()
+                .is_some_and(rill_state::native::LocalSnapshot::is_local_snapshot);
+        let mut part = rill_checkpoint::SubtaskState {
+            uid,
+            subtask,
+            parallelism,
+            max_parallelism,
+            keyed: state.keyed,
+            operator: state.operator,
+        };
+        if let (true, Some(uri)) = (local, &self.uri) {
+            let staged = match &self.storage {
+                Some(storage) => storage.stage_native(&self.job, checkpoint, &mut part),
+                None => rill_checkpoint::CheckpointStorage::open(uri, &self.options).and_then(
+                    |storage| {
+                        let staged = storage.stage_native(&self.job, checkpoint, &mut part);
+                        self.storage = Some(storage);
+                        staged
+                    },
+                ),
+            };
+            if let Err(e) = staged {
+                tracing::warn!(
+                    checkpoint,
+                    uid = %part.uid,
+                    subtask,
+                    error = %e,
+                    "RocksDB snapshot not staged"
+                );
+                return Snapshotted::Failed(
+                    checkpoint,
+                    format!(
+                        "staging the RocksDB snapshot of `{}` subtask {subtask}: {e}",
+                        part.uid
+                    ),
+                );
+            }
+        }
+        Snapshotted::State {
+            checkpoint,
+            uid: part.uid,
+            subtask,
+            parallelism,
+            max_parallelism,
+            state: rill_api::checkpoint::OperatorState {
+                keyed: part.keyed,
+                operator: part.operator,
+            },
+        }
     }
 }
 
