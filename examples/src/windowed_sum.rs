@@ -173,6 +173,8 @@ pub fn windowed_sum(env: &mut StreamEnv, args: &JobArgs) -> Result<()> {
     if args.flag("running-sums") {
         readings
             .map(|r: Reading| (r.key, 1u64, r.value))
+            // Beside the source: records of a key must reach the sums in order.
+            .set_parallelism(1)
             .key_by(|t: &(String, u64, i64)| t.0.clone())
             .reduce(|(key, count, sum), (_, c, s)| (key, count + c, sum + s))
             .uid("running-sums")

@@ -336,7 +336,10 @@ fn validate_metadata(meta: &Metadata) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_native(native: &NativeMetadata, max_parallelism: usize) -> Result<(), String> {
+pub(crate) fn validate_native(
+    native: &NativeMetadata,
+    max_parallelism: usize,
+) -> Result<(), String> {
     if native.key_group_start > native.key_group_end || native.key_group_end >= max_parallelism {
         return Err(format!(
             "key groups {}..={} do not fit max parallelism {max_parallelism}",

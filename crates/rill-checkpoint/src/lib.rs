@@ -7,6 +7,11 @@
 //! directories (`file://` or an absolute path) and S3-compatible stores
 //! (`s3://bucket/prefix`, e.g. MinIO).
 //!
+//! Native RocksDB snapshots are uploaded either by [`CheckpointStorage::write`]
+//! itself, when the coordinator shares a file system with the tasks (local
+//! runs), or ahead of it by [`CheckpointStorage::stage_native`] in the
+//! TaskManager that took them (clusters), see [`staged`].
+//!
 //! The API is synchronous because the runtime's callers are plain threads; a private
 //! tokio runtime inside [`CheckpointStorage`] drives the I/O.
 //!
@@ -39,6 +44,7 @@ mod backend;
 mod error;
 pub mod format;
 pub mod layout;
+pub mod staged;
 mod storage;
 
 pub use error::{CheckpointError, Result};

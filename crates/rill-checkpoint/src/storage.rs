@@ -13,6 +13,15 @@
 //! by the newest complete checkpoint, under `<job>/shared/`); savepoints turn the
 //! database into the portable key-group format so they stay self-contained.
 //! `retain` deletes shared files that no retained checkpoint's `_metadata` lists.
+//!
+//! In a cluster the coordinator cannot read a TaskManager's disk, so the
+//! TaskManager calls `stage_native` first: the same upload, to the same
+//! paths, done where the files are, leaving a [`StagedSnapshot`] that `write`
+//! records as is (or, for a savepoint, downloads and converts). Garbage of
+//! staged checkpoints that never complete is left to `retain`: shared files
+//! are named after the checkpoint that uploaded them and reference counted,
+//! and the other files lie in the checkpoint's own `chk-<n>` directory, which
+//! `retain` deletes once a newer checkpoint is complete.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -31,6 +40,7 @@ use crate::format::{
     NativeTableMetadata, OperatorMetadata,
 };
 use crate::layout::{self, LocationShape};
+use crate::staged::StagedSnapshot;
 use crate::{
     CheckpointError, CheckpointId, OperatorSnapshot, Result, Snapshot, SnapshotKind, SubtaskState,
 };
@@ -54,6 +64,9 @@ struct Inner {
     /// Always `Some` until drop; taken in `Drop` to shut down without blocking.
     runtime: Option<tokio::runtime::Runtime>,
     backend: Backend,
+    /// The options the storage was opened with, to open the root a staged
+    /// snapshot names when it is not this one.
+    options: BTreeMap<String, String>,
 }
 
 impl Drop for Inner {
@@ -105,6 +118,11 @@ pub struct WriteStats {
     pub files_reused: usize,
     /// Bytes of those files.
     pub bytes_reused: u64,
+    /// Native files a TaskManager uploaded ahead of the write
+    /// ([`CheckpointStorage::stage_native`]), recorded without upload.
+    pub files_staged: usize,
+    /// Bytes of those files.
+    pub bytes_staged: u64,
 }
 
 /// Local snapshot directories taken over for upload; removed when dropped,
@@ -145,6 +163,13 @@ fn merge_group_blobs(a: &[u8], b: &[u8]) -> std::result::Result<Vec<u8>, rill_st
     let mut tables: Vec<(String, Vec<u8>)> = rill_state::codec::decode(a)?;
     tables.extend(rill_state::codec::decode::<Vec<(String, Vec<u8>)>>(b)?);
     rill_state::codec::encode(&tables)
+}
+
+/// One local snapshot after its upload: its `_metadata` description and the
+/// paths the upload wrote (the other files were already kept).
+struct Uploaded {
+    meta: NativeMetadata,
+    owned: Vec<String>,
 }
 
 /// A native file to upload: where it comes from and where it goes.
@@ -305,6 +330,7 @@ impl CheckpointStorage {
             inner: Arc::new(Inner {
                 runtime: Some(runtime),
                 backend,
+                options: options.clone(),
             }),
         })
     }
@@ -439,32 +465,36 @@ impl CheckpointStorage {
         // whatever happens below.
         let mut claimed = Claimed(Vec::new());
         let mut natives: Vec<(String, usize, LocalSnapshot)> = Vec::new();
+        let mut staged: Vec<(String, usize, StagedSnapshot)> = Vec::new();
         for (uid, plan) in ops.iter_mut() {
             if !uid.ends_with(NATIVE_UID_SUFFIX) {
                 continue;
             }
             for (subtask, part) in plan.parts.iter_mut() {
-                let Some(blob) = part
-                    .operator
-                    .take_if(|b| LocalSnapshot::is_local_snapshot(b))
-                else {
+                let Some(blob) = part.operator.take_if(|b| {
+                    LocalSnapshot::is_local_snapshot(b) || StagedSnapshot::is_staged(b)
+                }) else {
                     continue;
                 };
-                let mut local = LocalSnapshot::decode(&blob).map_err(|e| {
-                    CheckpointError::InconsistentParts {
-                        uid: uid.clone(),
-                        reason: format!("subtask {subtask}: {e}"),
-                    }
-                })?;
+                let inconsistent = |reason: String| CheckpointError::InconsistentParts {
+                    uid: uid.clone(),
+                    reason: format!("subtask {subtask}: {reason}"),
+                };
+                if StagedSnapshot::is_staged(&blob) {
+                    let handle = StagedSnapshot::decode(&blob).map_err(inconsistent)?;
+                    self.check_staged(&handle, job_id, id, kind, plan.max_parallelism)
+                        .map_err(inconsistent)?;
+                    staged.push((uid.clone(), *subtask, handle));
+                    continue;
+                }
+                let mut local =
+                    LocalSnapshot::decode(&blob).map_err(|e| inconsistent(e.to_string()))?;
                 claim(&mut local, &mut claimed)?;
                 if local.max_parallelism != plan.max_parallelism {
-                    return Err(CheckpointError::InconsistentParts {
-                        uid: uid.clone(),
-                        reason: format!(
-                            "subtask {subtask} reports a RocksDB snapshot of max parallelism {}",
-                            local.max_parallelism
-                        ),
-                    });
+                    return Err(inconsistent(format!(
+                        "it reports a RocksDB snapshot of max parallelism {}",
+                        local.max_parallelism
+                    )));
                 }
                 natives.push((uid.clone(), *subtask, local));
             }
@@ -481,7 +511,9 @@ impl CheckpointStorage {
 
         let mut stats = WriteStats::default();
         // Savepoints hold the portable key-group format, never database files.
+        let mut staged_garbage: Vec<(String, Vec<String>)> = Vec::new();
         if kind == SnapshotKind::Savepoint {
+            let mut converted = Vec::new();
             for (uid, subtask, local) in std::mem::take(&mut natives) {
                 let groups = rill_state::native::key_group_blobs(
                     &local.dir,
@@ -490,6 +522,14 @@ impl CheckpointStorage {
                     Some(local.key_groups),
                 )
                 .map_err(|e| local_err(&local.dir, e))?;
+                converted.push((uid, subtask, local.dir.display().to_string(), groups));
+            }
+            for (uid, subtask, handle) in std::mem::take(&mut staged) {
+                let groups = self.convert_staged(&handle, location).await?;
+                converted.push((uid, subtask, handle.root.clone(), groups));
+                staged_garbage.push((handle.root, handle.uploaded));
+            }
+            for (uid, subtask, source, groups) in converted {
                 let Some(part) = ops.get_mut(&uid).and_then(|p| p.parts.get_mut(&subtask)) else {
                     unreachable!("the native part came from this plan");
                 };
@@ -497,8 +537,12 @@ impl CheckpointStorage {
                     std::mem::take(&mut part.keyed).into_iter().collect();
                 for (kg, blob) in groups {
                     let merged = match keyed.remove(&kg) {
-                        Some(pending) => merge_group_blobs(&pending, &blob)
-                            .map_err(|e| local_err(&local.dir, e))?,
+                        Some(pending) => merge_group_blobs(&pending, &blob).map_err(|e| {
+                            CheckpointError::LocalSnapshot {
+                                path: source.clone(),
+                                reason: e.to_string(),
+                            }
+                        })?,
                         None => blob,
                     };
                     keyed.insert(kg, merged);
@@ -507,128 +551,27 @@ impl CheckpointStorage {
             }
         }
 
-        // Incremental checkpoints reuse SST files the newest complete checkpoint holds.
-        let base = if natives.iter().any(|(_, _, l)| l.incremental) {
-            self.shared_files_of_latest(job_id).await?
-        } else {
-            HashMap::new()
-        };
-        let mut described: Vec<NativeMetadata> = Vec::with_capacity(natives.len());
-        let mut native_uploads: Vec<NativeUpload> = Vec::new();
-        for (index, (uid, subtask, local)) in natives.iter().enumerate() {
-            let mut files = Vec::with_capacity(local.files.len());
-            for (file_index, f) in local.files.iter().enumerate() {
-                if !layout::is_plain_file_name(&f.name) {
-                    return Err(local_err(&local.dir, format!("file name {:?}", f.name)));
-                }
-                let shareable = local.incremental && LocalSnapshot::is_shareable(&f.name);
-                let mut reused = None;
-                if shareable {
-                    reused = base
-                        .get(&(local.db_id.clone(), f.name.clone()))
-                        .filter(|r| r.size == f.size)
-                        .cloned();
-                    if reused.is_none() {
-                        if let Some(r) = f
-                            .uploaded
-                            .as_ref()
-                            .filter(|r| r.size == f.size && layout::is_shared_path(job_id, &r.path))
-                        {
-                            // Inherited from the restored checkpoint: still there?
-                            match store.head(&to_path(&r.path)?).await {
-                                Ok(m) if m.size == f.size => reused = Some(r.clone()),
-                                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-                                Err(e) => return Err(storage_err("head", &r.path)(e)),
-                            }
-                        }
-                    }
-                }
-                match reused {
-                    Some(r) => {
-                        stats.files_reused += 1;
-                        stats.bytes_reused += r.size;
-                        files.push(NativeFileMetadata {
-                            name: f.name.clone(),
-                            path: r.path,
-                            size: r.size,
-                            crc32: r.crc32,
-                        });
-                    }
-                    None => {
-                        let dest = if shareable {
-                            layout::shared_file_path(
-                                job_id,
-                                uid,
-                                *subtask,
-                                &local.db_id,
-                                id,
-                                &f.name,
-                            )
-                        } else {
-                            layout::join(&layout::native_dir(dir, uid, *subtask), &f.name)
-                        };
-                        native_uploads.push(NativeUpload {
-                            part: index,
-                            file: file_index,
-                            source: local.dir.join(&f.name),
-                            size: f.size,
-                            dest: dest.clone(),
-                        });
-                        files.push(NativeFileMetadata {
-                            name: f.name.clone(),
-                            path: dest,
-                            size: f.size,
-                            crc32: 0,
-                        });
-                    }
-                }
-            }
-            described.push(NativeMetadata {
-                db_id: local.db_id.clone(),
-                key_group_start: local.key_groups.start,
-                key_group_end: local.key_groups.end,
-                incremental: local.incremental,
-                tables: local
-                    .tables
-                    .iter()
-                    .map(|t| NativeTableMetadata {
-                        name: t.name.clone(),
-                        type_name: t.type_name.clone(),
-                        ttl_ms: t.ttl_ms,
-                    })
-                    .collect(),
-                files,
-            });
-        }
-        let checksums: Vec<(usize, usize, u32, u64)> = stream::iter(native_uploads)
-            .map(|u| async move {
-                let bytes = std::fs::read(&u.source).map_err(|e| local_err(&u.source, e))?;
-                if bytes.len() as u64 != u.size {
-                    return Err(local_err(
-                        &u.source,
-                        format!("has {} bytes, the subtask reported {}", bytes.len(), u.size),
-                    ));
-                }
-                let crc = format::checksum(&bytes);
-                store
-                    .put(&to_path(&u.dest)?, PutPayload::from(bytes))
-                    .await
-                    .map_err(storage_err("put", &u.dest))?;
-                Ok::<_, CheckpointError>((u.part, u.file, crc, u.size))
-            })
-            .buffer_unordered(IO_CONCURRENCY)
-            .try_collect()
+        let uploaded = self
+            .upload_natives(job_id, dir, id, &natives, &mut stats)
             .await?;
-        for (part, file, crc, size) in checksums {
-            described[part].files[file].crc32 = crc;
-            stats.files_uploaded += 1;
-            stats.bytes_uploaded += size;
-        }
         let mut native_of: HashMap<(String, usize), NativeMetadata> = natives
             .iter()
             .map(|(uid, subtask, _)| (uid.clone(), *subtask))
-            .zip(described)
+            .zip(uploaded.into_iter().map(|u| u.meta))
             .collect();
+        for (uid, subtask, handle) in staged {
+            let owned: HashSet<&String> = handle.uploaded.iter().collect();
+            for f in &handle.native.files {
+                if owned.contains(&f.path) {
+                    stats.files_staged += 1;
+                    stats.bytes_staged += f.size;
+                } else {
+                    stats.files_reused += 1;
+                    stats.bytes_reused += f.size;
+                }
+            }
+            native_of.insert((uid, subtask), handle.native);
+        }
 
         let mut operators = Vec::with_capacity(ops.len());
         let mut uploads = Vec::new();
@@ -692,6 +635,438 @@ impl CheckpointStorage {
             .await
             .map_err(storage_err("put", &meta_rel))?;
         drop(claimed);
+        // The savepoint holds what it needs; files staged only for it go.
+        for (root, paths) in staged_garbage {
+            if let Err(e) = self.delete_staged(&root, paths).await {
+                tracing::warn!(error = %e, "files staged for a savepoint not removed");
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Checks a staged snapshot before `write` records or converts it: it must
+    /// belong to this job and operator, describe itself consistently, and (for
+    /// checkpoints) lie in this storage, in this checkpoint's directory or the
+    /// job's shared files, so `_metadata` never points anywhere else.
+    fn check_staged(
+        &self,
+        handle: &StagedSnapshot,
+        job_id: &str,
+        id: CheckpointId,
+        kind: SnapshotKind,
+        max_parallelism: usize,
+    ) -> std::result::Result<(), String> {
+        if handle.job_id != job_id {
+            return Err(format!(
+                "its RocksDB snapshot was staged for job `{}`",
+                handle.job_id
+            ));
+        }
+        if handle.max_parallelism != max_parallelism {
+            return Err(format!(
+                "it reports a RocksDB snapshot of max parallelism {}",
+                handle.max_parallelism
+            ));
+        }
+        format::validate_native(&handle.native, max_parallelism)?;
+        if kind == SnapshotKind::Checkpoint {
+            if handle.checkpoint != id {
+                return Err(format!(
+                    "its RocksDB snapshot was staged for checkpoint {}",
+                    handle.checkpoint
+                ));
+            }
+            if handle.root != self.root_uri() {
+                return Err(format!(
+                    "its RocksDB snapshot was staged to {}, not to this storage ({})",
+                    handle.root,
+                    self.root_uri()
+                ));
+            }
+        }
+        let own = format!("{}/", layout::checkpoint_dir(job_id, handle.checkpoint));
+        let paths: HashSet<&String> = handle.native.files.iter().map(|f| &f.path).collect();
+        for f in &handle.native.files {
+            if !f.path.starts_with(&own) && !layout::is_shared_path(job_id, &f.path) {
+                return Err(format!(
+                    "staged file `{}` lies outside checkpoint {} and the job's shared files",
+                    f.path, handle.checkpoint
+                ));
+            }
+        }
+        if let Some(stray) = handle.uploaded.iter().find(|p| !paths.contains(p)) {
+            return Err(format!("staged upload `{stray}` is not one of its files"));
+        }
+        Ok(())
+    }
+
+    /// The store a staged snapshot's files lie in: this one, or another root
+    /// opened with this storage's options (a savepoint directory configured
+    /// apart from the checkpoint directory the TaskManagers stage to).
+    fn staged_store(&self, root: &str) -> Result<Arc<dyn ObjectStore>> {
+        if root == self.root_uri() {
+            Ok(self.inner.backend.store.clone())
+        } else {
+            Ok(Backend::open(root, &self.inner.options)?.store)
+        }
+    }
+
+    /// Downloads a staged snapshot into a temporary directory, verifying every
+    /// file's size and CRC32, and reads it into key-group blobs.
+    async fn convert_staged(
+        &self,
+        handle: &StagedSnapshot,
+        location: &str,
+    ) -> Result<Vec<(usize, Vec<u8>)>> {
+        let source = self.staged_store(&handle.root)?;
+        let dir = std::env::temp_dir().join(format!(
+            "rill-savepoint-{}-{}-{}",
+            handle.job_id,
+            handle.checkpoint,
+            short_random()
+        ));
+        // Removed on every path out of here.
+        let _scratch = Claimed(vec![dir.clone()]);
+        std::fs::create_dir_all(&dir).map_err(|e| local_err(&dir, e))?;
+        stream::iter(handle.native.files.clone())
+            .map(|f| {
+                // Owned captures keep the future `Send` for any lifetime.
+                let (source, dir, location) = (source.clone(), dir.clone(), location.to_string());
+                async move {
+                    let bytes = match source.get(&to_path(&f.path)?).await {
+                        Ok(got) => got.bytes().await.map_err(storage_err("get", &f.path))?,
+                        Err(object_store::Error::NotFound { .. }) => {
+                            return Err(CheckpointError::MissingStateFile {
+                                location,
+                                file: f.path.clone(),
+                            })
+                        }
+                        Err(e) => return Err(storage_err("get", &f.path)(e)),
+                    };
+                    if bytes.len() as u64 != f.size {
+                        return Err(CheckpointError::SizeMismatch {
+                            location,
+                            file: f.path.clone(),
+                            expected: f.size,
+                            actual: bytes.len() as u64,
+                        });
+                    }
+                    let actual = format::checksum(&bytes);
+                    if actual != f.crc32 {
+                        return Err(CheckpointError::ChecksumMismatch {
+                            location,
+                            file: f.path.clone(),
+                            expected: f.crc32,
+                            actual,
+                        });
+                    }
+                    let target = dir.join(&f.name);
+                    std::fs::write(&target, &bytes).map_err(|e| local_err(&target, e))?;
+                    Ok::<(), CheckpointError>(())
+                }
+            })
+            .buffer_unordered(IO_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let tables: Vec<TableInfo> = handle
+            .native
+            .tables
+            .iter()
+            .map(|t| TableInfo {
+                name: t.name.clone(),
+                type_name: t.type_name.clone(),
+                ttl_ms: t.ttl_ms,
+            })
+            .collect();
+        rill_state::native::key_group_blobs(
+            &dir,
+            handle.max_parallelism,
+            &tables,
+            Some(KeyGroupRange {
+                start: handle.native.key_group_start,
+                end: handle.native.key_group_end,
+            }),
+        )
+        .map_err(|e| local_err(&dir, e))
+    }
+
+    /// Deletes files a staging uploaded (a missing file is fine).
+    async fn delete_staged(&self, root: &str, paths: Vec<String>) -> Result<()> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let store = self.staged_store(root)?;
+        let mut doomed = Vec::with_capacity(paths.len());
+        for p in &paths {
+            doomed.push(to_path(p)?);
+        }
+        let results: Vec<object_store::Result<Path>> = store
+            .delete_stream(stream::iter(doomed.into_iter().map(Ok)).boxed())
+            .collect()
+            .await;
+        for result in results {
+            match result {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(storage_err("delete", root)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Uploads the files of claimed local snapshots of checkpoint `id` to
+    /// their final paths: SST files of incremental snapshots to the job's
+    /// shared files (unless the newest complete checkpoint, or the checkpoint
+    /// the database was restored from, already holds them), everything else
+    /// to `dir`. Describes each snapshot as `_metadata` records it. When an
+    /// upload fails, what was uploaded is removed again (best effort).
+    async fn upload_natives(
+        &self,
+        job_id: &str,
+        dir: &str,
+        id: CheckpointId,
+        natives: &[(String, usize, LocalSnapshot)],
+        stats: &mut WriteStats,
+    ) -> Result<Vec<Uploaded>> {
+        let store = self.store();
+        // Incremental checkpoints reuse SST files the newest complete checkpoint holds.
+        let base = if natives.iter().any(|(_, _, l)| l.incremental) {
+            self.shared_files_of_latest(job_id).await?
+        } else {
+            HashMap::new()
+        };
+        let mut described: Vec<Uploaded> = Vec::with_capacity(natives.len());
+        let mut native_uploads: Vec<NativeUpload> = Vec::new();
+        for (index, (uid, subtask, local)) in natives.iter().enumerate() {
+            let mut files = Vec::with_capacity(local.files.len());
+            let mut owned = Vec::new();
+            for (file_index, f) in local.files.iter().enumerate() {
+                if !layout::is_plain_file_name(&f.name) {
+                    return Err(local_err(&local.dir, format!("file name {:?}", f.name)));
+                }
+                let shareable = local.incremental && LocalSnapshot::is_shareable(&f.name);
+                let mut reused = None;
+                if shareable {
+                    reused = base
+                        .get(&(local.db_id.clone(), f.name.clone()))
+                        .filter(|r| r.size == f.size)
+                        .cloned();
+                    if reused.is_none() {
+                        if let Some(r) = f
+                            .uploaded
+                            .as_ref()
+                            .filter(|r| r.size == f.size && layout::is_shared_path(job_id, &r.path))
+                        {
+                            // Inherited from the restored checkpoint: still there?
+                            match store.head(&to_path(&r.path)?).await {
+                                Ok(m) if m.size == f.size => reused = Some(r.clone()),
+                                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                                Err(e) => return Err(storage_err("head", &r.path)(e)),
+                            }
+                        }
+                    }
+                }
+                match reused {
+                    Some(r) => {
+                        stats.files_reused += 1;
+                        stats.bytes_reused += r.size;
+                        files.push(NativeFileMetadata {
+                            name: f.name.clone(),
+                            path: r.path,
+                            size: r.size,
+                            crc32: r.crc32,
+                        });
+                    }
+                    None => {
+                        let dest = if shareable {
+                            layout::shared_file_path(
+                                job_id,
+                                uid,
+                                *subtask,
+                                &local.db_id,
+                                id,
+                                &f.name,
+                            )
+                        } else {
+                            layout::join(&layout::native_dir(dir, uid, *subtask), &f.name)
+                        };
+                        native_uploads.push(NativeUpload {
+                            part: index,
+                            file: file_index,
+                            source: local.dir.join(&f.name),
+                            size: f.size,
+                            dest: dest.clone(),
+                        });
+                        owned.push(dest.clone());
+                        files.push(NativeFileMetadata {
+                            name: f.name.clone(),
+                            path: dest,
+                            size: f.size,
+                            crc32: 0,
+                        });
+                    }
+                }
+            }
+            described.push(Uploaded {
+                meta: NativeMetadata {
+                    db_id: local.db_id.clone(),
+                    key_group_start: local.key_groups.start,
+                    key_group_end: local.key_groups.end,
+                    incremental: local.incremental,
+                    tables: local
+                        .tables
+                        .iter()
+                        .map(|t| NativeTableMetadata {
+                            name: t.name.clone(),
+                            type_name: t.type_name.clone(),
+                            ttl_ms: t.ttl_ms,
+                        })
+                        .collect(),
+                    files,
+                },
+                owned,
+            });
+        }
+        let dests: Vec<String> = native_uploads.iter().map(|u| u.dest.clone()).collect();
+        let checksums: Result<Vec<(usize, usize, u32, u64)>> = stream::iter(native_uploads)
+            .map(|u| async move {
+                let bytes = std::fs::read(&u.source).map_err(|e| local_err(&u.source, e))?;
+                if bytes.len() as u64 != u.size {
+                    return Err(local_err(
+                        &u.source,
+                        format!("has {} bytes, the subtask reported {}", bytes.len(), u.size),
+                    ));
+                }
+                let crc = format::checksum(&bytes);
+                store
+                    .put(&to_path(&u.dest)?, PutPayload::from(bytes))
+                    .await
+                    .map_err(storage_err("put", &u.dest))?;
+                Ok::<_, CheckpointError>((u.part, u.file, crc, u.size))
+            })
+            .buffer_unordered(IO_CONCURRENCY)
+            .try_collect()
+            .await;
+        let checksums = match checksums {
+            Ok(checksums) => checksums,
+            Err(e) => {
+                let root = self.root_uri().to_string();
+                if let Err(cleanup) = self.delete_staged(&root, dests).await {
+                    tracing::warn!(error = %cleanup, "partly uploaded native files not removed");
+                }
+                return Err(e);
+            }
+        };
+        for (part, file, crc, size) in checksums {
+            described[part].meta.files[file].crc32 = crc;
+            stats.files_uploaded += 1;
+            stats.bytes_uploaded += size;
+        }
+        Ok(described)
+    }
+
+    /// TaskManager side of a native checkpoint in a cluster, where the
+    /// process that writes `_metadata` cannot read this machine's files.
+    ///
+    /// If `part` is a RocksDB store's local snapshot handle (operator state
+    /// of a `…#rocksdb` uid), its files are uploaded now, to the paths
+    /// [`write`](Self::write) would have used for checkpoint `checkpoint`
+    /// (incremental snapshots skip SST files the job's newest complete
+    /// checkpoint already holds), the local directory is removed, and the
+    /// handle is replaced by a [`StagedSnapshot`] naming the uploaded files.
+    /// `write` then records staged handles without uploading anything, or
+    /// for a savepoint converts them to key groups and deletes the files
+    /// staged for it. Any other part is left alone. Returns what was
+    /// uploaded and reused.
+    ///
+    /// Files staged for a checkpoint that never completes are removed by
+    /// [`retain`](Self::retain) once a newer checkpoint completed: shared
+    /// files by reference counting, the rest with the incomplete `chk-<n>`
+    /// directory.
+    pub fn stage_native(
+        &self,
+        job_id: &str,
+        checkpoint: CheckpointId,
+        part: &mut SubtaskState,
+    ) -> Result<WriteStats> {
+        if !part.uid.ends_with(NATIVE_UID_SUFFIX) {
+            return Ok(WriteStats::default());
+        }
+        let Some(blob) = part
+            .operator
+            .as_deref()
+            .filter(|b| LocalSnapshot::is_local_snapshot(b))
+        else {
+            return Ok(WriteStats::default());
+        };
+        let inconsistent = |reason: String| CheckpointError::InconsistentParts {
+            uid: part.uid.clone(),
+            reason: format!("subtask {}: {reason}", part.subtask),
+        };
+        let mut local = LocalSnapshot::decode(blob).map_err(|e| inconsistent(e.to_string()))?;
+        // Whatever happens next, the local directory goes.
+        let mut claimed = Claimed(Vec::new());
+        claim(&mut local, &mut claimed)?;
+        layout::validate_job_id(job_id)?;
+        if local.max_parallelism != part.max_parallelism {
+            return Err(inconsistent(format!(
+                "it reports a RocksDB snapshot of max parallelism {}",
+                local.max_parallelism
+            )));
+        }
+        if local.checkpoint != checkpoint {
+            return Err(inconsistent(format!(
+                "its RocksDB snapshot belongs to checkpoint {}, not {checkpoint}",
+                local.checkpoint
+            )));
+        }
+        let dir = layout::checkpoint_dir(job_id, checkpoint);
+        let natives = vec![(part.uid.clone(), part.subtask, local)];
+        let (uploaded, stats) = self.block_on(async {
+            // Never add files to a checkpoint that is already complete.
+            let meta_rel = layout::metadata_path(&dir);
+            match self.store().head(&to_path(&meta_rel)?).await {
+                Ok(_) => {
+                    return Err(CheckpointError::AlreadyExists {
+                        location: self.inner.backend.uri_of(&dir),
+                    })
+                }
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(storage_err("head", &meta_rel)(e)),
+            }
+            let mut stats = WriteStats::default();
+            let uploaded = self
+                .upload_natives(job_id, &dir, checkpoint, &natives, &mut stats)
+                .await?;
+            Ok((uploaded, stats))
+        })?;
+        let Some(uploaded) = uploaded.into_iter().next() else {
+            unreachable!("one snapshot was uploaded");
+        };
+        let handle = StagedSnapshot {
+            root: self.root_uri().to_string(),
+            job_id: job_id.to_string(),
+            checkpoint,
+            max_parallelism: part.max_parallelism,
+            native: uploaded.meta,
+            uploaded: uploaded.owned,
+        };
+        let encoded = handle
+            .encode()
+            .map_err(|e| CheckpointError::LocalSnapshot {
+                path: natives[0].2.dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        part.operator = Some(encoded);
+        drop(claimed);
+        tracing::debug!(
+            job_id,
+            checkpoint,
+            uid = %part.uid,
+            subtask = part.subtask,
+            files = stats.files_uploaded,
+            bytes = stats.bytes_uploaded,
+            "native snapshot staged"
+        );
         Ok(stats)
     }
 
@@ -838,7 +1213,29 @@ impl CheckpointStorage {
             .try_collect()
             .await?;
 
-        // Native database files, verified like state files.
+        // Native database files, verified like state files. Their paths are
+        // relative to the root the checkpoint was written under, where it
+        // lies at `<job>/chk-<n>`; this storage may be opened elsewhere (at
+        // the job directory, say, when restoring from a checkpoint's path),
+        // so paths are moved by the difference between the two frames.
+        let written = match meta.kind {
+            SnapshotKind::Checkpoint => layout::checkpoint_dir(&meta.job_id, meta.id),
+            SnapshotKind::Savepoint => rel.to_string(),
+        };
+        let (strip, prepend) = if written == rel {
+            (String::new(), String::new())
+        } else if rel.is_empty() {
+            (format!("{written}/"), String::new())
+        } else if let Some(above) = written.strip_suffix(rel).filter(|p| p.ends_with('/')) {
+            (above.to_string(), String::new())
+        } else if let Some(above) = rel
+            .strip_suffix(written.as_str())
+            .filter(|p| p.ends_with('/'))
+        {
+            (String::new(), above.to_string())
+        } else {
+            (String::new(), String::new())
+        };
         let mut native_jobs = Vec::new();
         for (op_index, op) in meta.operators.iter().enumerate() {
             for f in &op.files {
@@ -846,9 +1243,16 @@ impl CheckpointStorage {
                 for (file_index, nf) in native.files.iter().enumerate() {
                     let inside = nf
                         .path
-                        .strip_prefix(rel)
+                        .strip_prefix(written.as_str())
                         .is_some_and(|rest| rest.starts_with('/'));
-                    if !inside && !layout::is_shared_path(&meta.job_id, &nf.path) {
+                    let here = nf
+                        .path
+                        .strip_prefix(strip.as_str())
+                        .map(|p| format!("{prepend}{p}"));
+                    let (true, Some(here)) = (
+                        inside || layout::is_shared_path(&meta.job_id, &nf.path),
+                        here,
+                    ) else {
                         return Err(CheckpointError::CorruptMetadata {
                             location: location.clone(),
                             reason: format!(
@@ -856,14 +1260,14 @@ impl CheckpointStorage {
                                 nf.path
                             ),
                         });
-                    }
-                    native_jobs.push((op_index, f.subtask, file_index, nf.clone()));
+                    };
+                    native_jobs.push((op_index, f.subtask, file_index, nf.clone(), here));
                 }
             }
         }
         let fetched: Vec<(usize, usize, usize, bytes::Bytes)> = stream::iter(native_jobs)
-            .map(|(op_index, subtask, file_index, nf)| async move {
-                let Some(bytes) = self.fetch(&nf.path).await? else {
+            .map(|(op_index, subtask, file_index, nf, here)| async move {
+                let Some(bytes) = self.fetch(&here).await? else {
                     return Err(CheckpointError::MissingStateFile {
                         location: location_ref.clone(),
                         file: nf.path.clone(),
