@@ -249,6 +249,16 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "JobManager replicas (more than one needs high availability)",
     ),
     (
+        "execution.shutdown-on-application-finish",
+        "true",
+        "an application cluster's JobManager exits when its job ends",
+    ),
+    (
+        "kubernetes.taskmanager.resync-interval",
+        "10 s",
+        "how often the JobManager reconciles its TaskManager pods",
+    ),
+    (
         "kubernetes.jobmanager.deployment",
         "",
         "name of the JobManager Deployment that owns TaskManager pods",

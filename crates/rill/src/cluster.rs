@@ -167,11 +167,18 @@ pub fn jobmanager(
         }
         None => None,
     };
+    // On Kubernetes the JobManager stays up after its job ends, so the
+    // operator can read the outcome and a restarted pod does not run the
+    // job again.
+    let exit_with_job = config
+        .get_parsed::<bool>("execution.shutdown-on-application-finish")
+        .map_err(|e| e.to_string())?
+        .unwrap_or(true);
     let result = loop {
         if stop.load(Ordering::SeqCst) {
             break Ok(());
         }
-        if let Some(id) = &job_id {
+        if let Some(id) = job_id.as_ref().filter(|_| exit_with_job) {
             match manager.job_status(id) {
                 Some(JobStatus::Finished) => {
                     if let Some(job) = manager.dispatcher().job(id) {
