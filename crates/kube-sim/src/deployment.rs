@@ -177,6 +177,27 @@ fn condition(
     })
 }
 
+/// Whether `deploy` manages `pod`: like Kubernetes, only a pod whose
+/// controller reference (`controller: true`) names the Deployment and whose
+/// labels match its selector. Pods that merely list the Deployment as an
+/// owner (e.g. for garbage collection) are left alone.
+pub fn manages(deploy: &Value, pod: &Value) -> bool {
+    let uid = meta::uid(deploy);
+    let controlled = meta::get_path(pod, &["metadata", "ownerReferences"])
+        .and_then(Value::as_array)
+        .is_some_and(|refs| {
+            refs.iter().any(|r| {
+                r.get("uid").and_then(Value::as_str) == Some(uid)
+                    && r.get("controller").and_then(Value::as_bool) == Some(true)
+            })
+        });
+    controlled
+        && meta::get_path(deploy, &["spec", "selector"]).is_some_and(|sel| {
+            crate::selector::LabelSelector::parse(&selector_string(sel))
+                .is_ok_and(|s| !s.is_empty() && s.matches(pod))
+        })
+}
+
 /// Decide creations, deletions and status for one Deployment, given all pods
 /// in its namespace.
 pub fn plan(deploy: &Value, pods: &[Arc<Value>], now: &str) -> Plan {
@@ -192,7 +213,7 @@ pub fn plan(deploy: &Value, pods: &[Arc<Value>], now: &str) -> Plan {
     let hash = template_hash(&template);
     let owned: Vec<&Arc<Value>> = pods
         .iter()
-        .filter(|p| meta::owner_refs(p).iter().any(|o| o.uid == uid) && !meta::is_deleting(p))
+        .filter(|p| manages(deploy, p) && !meta::is_deleting(p))
         .collect();
     let hash_of = |p: &Value| {
         meta::labels(p)
@@ -333,8 +354,7 @@ pub fn reconcile_all(store: &Store, mark_pods_ready: bool) {
         let (pods, _) = store.list(&pod_t, Some(&ns));
         if mark_pods_ready {
             for p in pods.iter().filter(|p| {
-                meta::owner_refs(p).iter().any(|o| o.uid == meta::uid(&d))
-                    && meta::str_at(p, &["status", "phase"]) == Some("Pending")
+                manages(&d, p) && meta::str_at(p, &["status", "phase"]) == Some("Pending")
             }) {
                 let mut next = (**p).clone();
                 next["status"] = ready_status(p, &meta::now_rfc3339());
@@ -416,7 +436,7 @@ mod tests {
         let hash = template_hash(&d["spec"]["template"]);
         let mut p = json!({
             "metadata": {"name": name, "labels": {"app": "web", HASH_LABEL: hash},
-                         "ownerReferences": [{"uid": "d-uid", "kind": "Deployment", "name": "web"}]},
+                         "ownerReferences": [{"uid": "d-uid", "kind": "Deployment", "name": "web", "controller": true}]},
             "status": {"phase": "Pending"}
         });
         if ready {
@@ -453,6 +473,31 @@ mod tests {
         let p = plan(&changed, &pods, "t");
         assert_eq!(p.delete.len(), 2);
         assert_eq!(p.create.len(), 1);
+    }
+
+    #[test]
+    fn leaves_pods_it_does_not_control_alone() {
+        let d = deploy(1, "a");
+        let mine = pod_of(&d, "web-1", true);
+        // Owned for garbage collection only (controller: false), as
+        // TaskManager pods are by their JobManager's Deployment.
+        let worker = Arc::new(json!({
+            "metadata": {"name": "tm-1", "labels": {"app": "web", "component": "tm"},
+                         "ownerReferences": [{"uid": "d-uid", "kind": "Deployment", "name": "web", "controller": false}]},
+            "status": {"phase": "Running"}
+        }));
+        // Controlled, but outside the selector.
+        let stray = Arc::new(json!({
+            "metadata": {"name": "other-1", "labels": {"app": "other"},
+                         "ownerReferences": [{"uid": "d-uid", "kind": "Deployment", "name": "web", "controller": true}]},
+            "status": {"phase": "Running"}
+        }));
+        assert!(manages(&d, &mine));
+        assert!(!manages(&d, &worker));
+        assert!(!manages(&d, &stray));
+        let p = plan(&d, &[mine, worker, stray], "t");
+        assert!(p.delete.is_empty(), "{:?}", p.delete);
+        assert!(p.create.is_empty());
     }
 
     #[test]
