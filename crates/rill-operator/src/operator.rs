@@ -78,7 +78,10 @@ impl OperatorOptions {
     /// Parses `rill operator` flags: `--namespace NS` (repeatable, or
     /// comma-separated; also `WATCH_NAMESPACES`), `--metrics-addr ADDR`
     /// (`none` to disable), `--identity ID`, `--lease-name NAME`,
-    /// `--lease-namespace NS`, `--rest-url NS/NAME=URL` (repeatable).
+    /// `--lease-namespace NS`, `--rest-url NS/NAME=URL` (repeatable), and
+    /// durations: `--lease-duration`, `--renew-deadline`, `--retry-period`
+    /// (the Lease), `--status-refresh` (a stable resource's status),
+    /// `--poll-interval` (savepoints, starting clusters), `--rest-timeout`.
     pub fn from_args<I, S>(args: I) -> Result<Self>
     where
         I: IntoIterator<Item = S>,
@@ -138,10 +141,31 @@ impl OperatorOptions {
                         .rest_overrides
                         .insert(key.to_string(), url.to_string());
                 }
+                "--lease-duration" => o.timing.lease_duration = duration_flag(&name, &value()?)?,
+                "--renew-deadline" => o.timing.renew_deadline = duration_flag(&name, &value()?)?,
+                "--retry-period" => o.timing.retry_period = duration_flag(&name, &value()?)?,
+                "--status-refresh" => o.controller.refresh = duration_flag(&name, &value()?)?,
+                "--poll-interval" => o.controller.poll = duration_flag(&name, &value()?)?,
+                "--rest-timeout" => o.controller.rest_timeout = duration_flag(&name, &value()?)?,
                 other => return Err(Error::Config(format!("unknown operator flag '{other}'"))),
             }
         }
+        if o.timing.renew_deadline > o.timing.lease_duration {
+            return Err(Error::Config(format!(
+                "--renew-deadline ({:?}) must not exceed --lease-duration ({:?})",
+                o.timing.renew_deadline, o.timing.lease_duration
+            )));
+        }
         Ok(o)
+    }
+}
+
+/// A positive Flink-style duration given to `flag`.
+fn duration_flag(flag: &str, text: &str) -> Result<Duration> {
+    match crate::config::parse_duration(text) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(Error::Config(format!("{flag}: must be more than zero"))),
+        Err(e) => Err(Error::Config(format!("{flag}: {e}"))),
     }
 }
 
@@ -415,5 +439,37 @@ mod tests {
                 .metrics_addr,
             None
         );
+    }
+
+    #[test]
+    fn duration_flags_parse_and_are_checked() {
+        let o = OperatorOptions::from_args([
+            "--lease-duration=4s",
+            "--renew-deadline",
+            "3s",
+            "--retry-period",
+            "500ms",
+            "--status-refresh",
+            "1s",
+            "--poll-interval",
+            "250ms",
+            "--rest-timeout",
+            "2s",
+        ])
+        .expect("parse");
+        assert_eq!(o.timing.lease_duration, Duration::from_secs(4));
+        assert_eq!(o.timing.renew_deadline, Duration::from_secs(3));
+        assert_eq!(o.timing.retry_period, Duration::from_millis(500));
+        assert_eq!(o.controller.refresh, Duration::from_secs(1));
+        assert_eq!(o.controller.poll, Duration::from_millis(250));
+        assert_eq!(o.controller.rest_timeout, Duration::from_secs(2));
+        for bad in [
+            vec!["--lease-duration", "soon"],
+            vec!["--status-refresh", "0s"],
+            vec!["--lease-duration", "2s", "--renew-deadline", "3s"],
+        ] {
+            let e = OperatorOptions::from_args(bad.clone()).err();
+            assert!(e.is_some(), "{bad:?} is refused");
+        }
     }
 }
