@@ -317,6 +317,11 @@ impl KubeSim {
         self.network.as_ref().map(|n| n.mode())
     }
 
+    /// The network bridge of namespace mode (`ksim<n>`), when there is one.
+    pub fn bridge(&self) -> Option<&str> {
+        self.network.as_ref().and_then(|n| n.bridge())
+    }
+
     /// SIGKILL a pod's container (the first one unless named) as if it
     /// crashed; the kubelet restarts it per `restartPolicy`.
     pub fn crash(&self, namespace: &str, pod: &str, container: Option<&str>) -> Result<()> {

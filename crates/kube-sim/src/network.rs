@@ -146,6 +146,11 @@ impl Network {
         })
     }
 
+    /// The bridge's interface name (namespace mode only).
+    pub fn bridge(&self) -> Option<&str> {
+        self.bridge.as_deref()
+    }
+
     /// The mode in use.
     pub fn mode(&self) -> NetworkMode {
         self.mode

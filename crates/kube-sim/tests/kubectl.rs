@@ -2,99 +2,17 @@
 //!
 //! Each test starts its own in-process server on a free loopback port,
 //! writes a kubeconfig into a temp dir and runs `kubectl --kubeconfig` as a
-//! subprocess. When `kubectl` is not installed the tests print a SKIP line
-//! and return.
+//! subprocess (see `support`).
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use kube_sim::{KubeSim, Options};
+use kube_sim::Options;
 use serde_json::Value;
+use support::Kubectl;
 
-fn kubectl_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("kubectl"))
-        .find(|p| p.is_file())
-}
-
-struct Kubectl {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    sim: KubeSim,
-}
-
-impl Kubectl {
-    async fn start(test: &str) -> Option<Kubectl> {
-        Self::start_with(test, Options::default()).await
-    }
-
-    async fn start_with(test: &str, opts: Options) -> Option<Kubectl> {
-        let Some(bin) = kubectl_binary() else {
-            eprintln!("SKIP {test}: kubectl not found on PATH");
-            return None;
-        };
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sim = KubeSim::start(Options {
-            kubeconfig: Some(dir.path().join("kubeconfig")),
-            ..opts
-        })
-        .await
-        .expect("start kube-sim");
-        Some(Kubectl { bin, dir, sim })
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.bin);
-        c.arg("--kubeconfig")
-            .arg(self.sim.kubeconfig())
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("cache"))
-            .arg("--request-timeout=20s")
-            .args(args)
-            .env("HOME", self.dir.path());
-        c
-    }
-
-    /// Run kubectl to completion (off the async runtime).
-    async fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = self.command(args);
-        tokio::task::spawn_blocking(move || cmd.output().expect("run kubectl"))
-            .await
-            .expect("join")
-    }
-
-    /// Run and require success; returns stdout.
-    async fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args).await;
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    async fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        let text = self.ok(&a).await;
-        serde_json::from_str(&text).expect("kubectl printed JSON")
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, text).expect("write manifest");
-        path_str(&p)
-    }
-}
-
-fn path_str(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
+mod support;
 
 const CONFIGMAP_V1: &str = "apiVersion: v1
 kind: ConfigMap
@@ -162,9 +80,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_apply_creates_then_applies_changes() {
-    let Some(k) = Kubectl::start("kubectl_apply_creates_then_applies_changes").await else {
-        return;
-    };
+    let k = Kubectl::start(Options::default()).await;
     let cm1 = k.write("cm1.yaml", CONFIGMAP_V1);
     let cm2 = k.write("cm2.yaml", CONFIGMAP_V2);
     let out = k.ok(&["apply", "-f", &cm1]).await;
@@ -217,9 +133,7 @@ async fn kubectl_apply_creates_then_applies_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_get_json_yaml_and_selectors() {
-    let Some(k) = Kubectl::start("kubectl_get_json_yaml_and_selectors").await else {
-        return;
-    };
+    let k = Kubectl::start(Options::default()).await;
     let cm = k.write("cm.yaml", CONFIGMAP_V1);
     k.ok(&["apply", "-f", &cm]).await;
     let v = k.json(&["get", "cm", "settings"]).await;
@@ -259,9 +173,7 @@ async fn kubectl_get_json_yaml_and_selectors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_get_watch_streams_a_change() {
-    let Some(k) = Kubectl::start("kubectl_get_watch_streams_a_change").await else {
-        return;
-    };
+    let k = Kubectl::start(Options::default()).await;
     let cm = k.write("cm.yaml", CONFIGMAP_V1);
     k.ok(&["apply", "-f", &cm]).await;
     let mut child = k
@@ -317,9 +229,7 @@ async fn kubectl_get_watch_streams_a_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_delete_removes_objects() {
-    let Some(k) = Kubectl::start("kubectl_delete_removes_objects").await else {
-        return;
-    };
+    let k = Kubectl::start(Options::default()).await;
     let d = k.write("d.yaml", DEPLOYMENT_V1);
     let cm = k.write("cm.yaml", CONFIGMAP_V1);
     k.ok(&["apply", "-f", &d, "-f", &cm]).await;
@@ -343,9 +253,7 @@ async fn kubectl_delete_removes_objects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_scale_changes_replicas() {
-    let Some(k) = Kubectl::start("kubectl_scale_changes_replicas").await else {
-        return;
-    };
+    let k = Kubectl::start(Options::default()).await;
     let d = k.write("d.yaml", DEPLOYMENT_V1);
     k.ok(&["apply", "-f", &d]).await;
     let out = k.ok(&["scale", "deployment", "web", "--replicas=3"]).await;
@@ -382,9 +290,7 @@ async fn kubectl_scale_changes_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_apply_server_side() {
-    let Some(k) = Kubectl::start("kubectl_apply_server_side").await else {
-        return;
-    };
+    let k = Kubectl::start(Options::default()).await;
     let cm1 = k.write("cm1.yaml", CONFIGMAP_V1);
     let out = k.ok(&["apply", "--server-side", "-f", &cm1]).await;
     assert!(out.contains("serverside-applied"), "{out}");
@@ -467,9 +373,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_crd_then_custom_resource() {
-    let Some(k) = Kubectl::start("kubectl_crd_then_custom_resource").await else {
-        return;
-    };
+    let k = Kubectl::start(Options::default()).await;
     // Warm kubectl's discovery cache before the CRD exists.
     k.ok(&["get", "cm"]).await;
     let crd = k.write("crd.yaml", CRD);
@@ -535,10 +439,7 @@ async fn kubectl_deployment_controller_keeps_replicas() {
         mark_pods_ready: true,
         ..Default::default()
     };
-    let Some(k) = Kubectl::start_with("kubectl_deployment_controller_keeps_replicas", opts).await
-    else {
-        return;
-    };
+    let k = Kubectl::start(opts).await;
     let d1 = k.write("d1.yaml", DEPLOYMENT_V1);
     k.ok(&["apply", "-f", &d1]).await;
     let out = k
@@ -580,9 +481,7 @@ async fn kubectl_deployment_controller_keeps_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_logs_returns_stored_text() {
-    let Some(k) = Kubectl::start("kubectl_logs_returns_stored_text").await else {
-        return;
-    };
+    let k = Kubectl::start(Options::default()).await;
     let pod = k.write(
         "pod.yaml",
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p1\nspec:\n  containers:\n  - name: main\n    image: busybox\n",
@@ -601,9 +500,7 @@ async fn kubectl_logs_returns_stored_text() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_create_generators_send_protobuf() {
-    let Some(k) = Kubectl::start("kubectl_create_generators_send_protobuf").await else {
-        return;
-    };
+    let k = Kubectl::start(Options::default()).await;
     k.ok(&["create", "namespace", "team-a"]).await;
     k.ok(&[
         "create",

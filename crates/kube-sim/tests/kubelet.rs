@@ -7,19 +7,15 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kube_sim::{KubeSim, KubeletOptions, NetworkMode, Options};
+use kube_sim::{KubeletOptions, NetworkMode, Options};
 use serde_json::Value;
+use support::Kubectl;
 
-fn kubectl_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("kubectl"))
-        .find(|p| p.is_file())
-}
+mod support;
 
 fn tool(name: &str) -> bool {
     Command::new(name)
@@ -28,25 +24,14 @@ fn tool(name: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-struct Cluster {
-    kubectl: PathBuf,
-    dir: tempfile::TempDir,
-    sim: KubeSim,
-}
-
-impl Cluster {
-    async fn start(test: &str, network: NetworkMode) -> Option<Cluster> {
-        let Some(kubectl) = kubectl_binary() else {
-            eprintln!("SKIP {test}: kubectl not found on PATH");
-            return None;
-        };
-        if !tool("python3") {
-            eprintln!("SKIP {test}: python3 not found on PATH");
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sim = KubeSim::start(Options {
-            kubeconfig: Some(dir.path().join("kubeconfig")),
+impl Kubectl {
+    /// A kube-sim with a process kubelet.
+    async fn with_kubelet(network: NetworkMode) -> Kubectl {
+        assert!(
+            tool("python3"),
+            "these tests run python3 programs in pods; put it on PATH"
+        );
+        Kubectl::start(Options {
             kubelet: Some(KubeletOptions {
                 network,
                 ..Default::default()
@@ -54,37 +39,6 @@ impl Cluster {
             ..Default::default()
         })
         .await
-        .expect("start kube-sim");
-        Some(Cluster { kubectl, dir, sim })
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.kubectl);
-        c.arg("--kubeconfig")
-            .arg(self.sim.kubeconfig())
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("cache"))
-            .arg("--request-timeout=20s")
-            .args(args)
-            .env("HOME", self.dir.path());
-        c
-    }
-
-    async fn run(&self, args: &[&str]) -> Output {
-        let mut c = self.command(args);
-        tokio::task::spawn_blocking(move || c.output().expect("run kubectl"))
-            .await
-            .expect("join kubectl")
-    }
-
-    async fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args).await;
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     async fn apply(&self, yaml: &str) {
@@ -176,9 +130,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployment_pod_runs_serves_crashes_restarts_and_is_collected() {
-    let Some(c) = Cluster::start("deployment_pod_runs", NetworkMode::Loopback).await else {
-        return;
-    };
+    let c = Kubectl::with_kubelet(NetworkMode::Loopback).await;
     c.apply(WEB).await;
     c.ok(&[
         "wait",
@@ -335,9 +287,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_sees_downward_api_volumes_hosts_and_the_api_server() {
-    let Some(c) = Cluster::start("pod_sees_downward_api", NetworkMode::Loopback).await else {
-        return;
-    };
+    let c = Kubectl::with_kubelet(NetworkMode::Loopback).await;
     if !c.sim.kubelet().expect("kubelet").isolated() {
         eprintln!("SKIP pod_sees_downward_api: mount namespaces are not available");
         return;
@@ -378,9 +328,7 @@ async fn pod_sees_downward_api_volumes_hosts_and_the_api_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_policies_liveness_and_graceful_namespace_deletion() {
-    let Some(c) = Cluster::start("restart_policies", NetworkMode::Loopback).await else {
-        return;
-    };
+    let c = Kubectl::with_kubelet(NetworkMode::Loopback).await;
     c.ok(&["create", "namespace", "work"]).await;
     c.apply(
         r#"
@@ -516,9 +464,7 @@ async fn namespace_mode_pods_share_a_port_and_reach_the_api() {
         eprintln!("SKIP namespace_mode: needs root and the ip tool");
         return;
     }
-    let Some(c) = Cluster::start("namespace_mode", NetworkMode::Namespace).await else {
-        return;
-    };
+    let c = Kubectl::with_kubelet(NetworkMode::Namespace).await;
     c.apply(
         r#"
 apiVersion: apps/v1
@@ -594,19 +540,18 @@ spec:
     let logs = c.ok(&["logs", "client"]).await;
     assert_eq!(done["status"]["phase"], "Succeeded", "{logs}");
     assert_eq!(logs.lines().collect::<Vec<_>>(), vec!["2", "200"], "{logs}");
-    let bridges_before: Vec<String> = std::fs::read_dir("/sys/class/net")
-        .expect("sysfs")
-        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .filter(|n| n.starts_with("ksim"))
-        .collect();
-    assert!(!bridges_before.is_empty());
+    // This kube-sim's bridge (others may run in parallel).
+    let bridge = c
+        .sim
+        .bridge()
+        .expect("namespace mode has a bridge")
+        .to_string();
+    assert!(Path::new("/sys/class/net").join(&bridge).exists());
     let pids = c.sim.kubelet().expect("kubelet").container_pids();
     c.sim.stop().await;
-    for b in bridges_before {
-        assert!(
-            !Path::new("/sys/class/net").join(&b).exists(),
-            "bridge {b} left behind"
-        );
-    }
+    assert!(
+        !Path::new("/sys/class/net").join(&bridge).exists(),
+        "bridge {bridge} left behind"
+    );
     assert!(pids.iter().all(|p| !pid_alive(*p)));
 }
