@@ -5,142 +5,18 @@
 //! the same or another parallelism. Also: retention of shared files, fallback
 //! past a corrupt SST, savepoints in the portable format, and a million keys.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::collections::BTreeSet;
 
 use rill_checkpoint::format::Metadata;
-use rill_checkpoint::{layout, CheckpointStorage, SnapshotKind, SubtaskState};
+use rill_checkpoint::{layout, CheckpointStorage, SnapshotKind};
 use rill_state::native::native_uid;
-use rill_state::{KeyGroupRange, KeyedStateStore, RocksDbOptions, StateBackend, ValueState};
+use rill_state::{KeyedStateStore, StateBackend};
+
+#[path = "support/rocksdb_state.rs"]
+mod rocksdb_state;
+use rocksdb_state::*;
 
 const JOB: &str = "native-job";
-const UID: &str = "counter";
-const MAX: usize = 128;
-
-fn open(dir: &Path) -> CheckpointStorage {
-    CheckpointStorage::open(dir.to_str().expect("utf8 tempdir"), &BTreeMap::new())
-        .expect("open local storage")
-}
-
-fn rocksdb(local: &Path, incremental: bool) -> StateBackend {
-    StateBackend::RocksDb(RocksDbOptions {
-        local_dir: Some(local.to_path_buf()),
-        incremental,
-    })
-}
-
-fn value() -> ValueState<u64> {
-    ValueState::new("v")
-}
-
-fn range_of(parallelism: usize, index: usize) -> KeyGroupRange {
-    KeyGroupRange::for_subtask(MAX, parallelism, index).expect("range")
-}
-
-fn owns(range: KeyGroupRange, key: u64) -> bool {
-    let kg = rill_state::key_group::key_group_for_hash(rill_state::hash_key(&key), MAX);
-    (range.start..=range.end).contains(&kg)
-}
-
-/// Sets `v = f(k)` for every key in `keys` the store's range owns.
-fn fill(
-    store: &mut KeyedStateStore<u64>,
-    range: KeyGroupRange,
-    keys: std::ops::Range<u64>,
-    f: impl Fn(u64) -> u64,
-) {
-    let v = value();
-    for k in keys.filter(|k| owns(range, *k)) {
-        store.set_current_key(k);
-        v.set(store, f(k));
-    }
-    assert_eq!(store.take_failure().map(|e| e.to_string()), None);
-}
-
-/// The native part of subtask `index` of `parallelism` for checkpoint `id`.
-fn part(
-    store: &mut KeyedStateStore<u64>,
-    id: u64,
-    parallelism: usize,
-    index: usize,
-) -> SubtaskState {
-    let native = store
-        .native_snapshot(id, range_of(parallelism, index))
-        .expect("native snapshot")
-        .expect("a RocksDB store snapshots natively");
-    SubtaskState {
-        uid: native_uid(UID),
-        subtask: index,
-        parallelism,
-        max_parallelism: MAX,
-        keyed: native.pending,
-        operator: Some(native.handle),
-    }
-}
-
-/// A store for subtask `index` of `parallelism` restored from `location`.
-fn restore(
-    storage: &CheckpointStorage,
-    location: &str,
-    backend: &StateBackend,
-    parallelism: usize,
-    index: usize,
-) -> KeyedStateStore<u64> {
-    let snapshot = storage.read(location).expect("read");
-    let op = &snapshot.operators[&native_uid(UID)];
-    let range = range_of(parallelism, index);
-    let mut store =
-        KeyedStateStore::open(backend, MAX, &format!("restored-{index}")).expect("open store");
-    let blobs: Vec<&[u8]> = op.operator.values().map(Vec::as_slice).collect();
-    store.restore_native(&blobs, range).expect("restore native");
-    for (kg, blob) in op.keyed.range(range.start..=range.end) {
-        store.restore(*kg, blob).expect("restore key group");
-    }
-    store
-}
-
-/// Checks that `store` holds exactly `v = f(k)` for the keys of `keys` in its
-/// range, and nothing for other keys or for the next 100 keys.
-fn check(
-    store: &mut KeyedStateStore<u64>,
-    range: KeyGroupRange,
-    keys: std::ops::Range<u64>,
-    f: impl Fn(u64) -> u64,
-) {
-    let v = value();
-    let mut owned = 0;
-    for k in keys.start..keys.end + 100 {
-        store.set_current_key(k);
-        let got = v.get(store);
-        if k >= keys.end {
-            assert_eq!(got, None, "key {k} was never written");
-        } else if owns(range, k) {
-            owned += 1;
-            assert_eq!(got, Some(f(k)), "key {k}");
-        } else {
-            assert_eq!(got, None, "key {k} belongs to another subtask");
-        }
-    }
-    assert_eq!(store.entries("v"), owned, "entries in {range:?}");
-    assert_eq!(store.take_failure().map(|e| e.to_string()), None);
-}
-
-/// (file name → path) of every native file of a checkpoint.
-fn native_files(meta: &Metadata) -> BTreeMap<String, String> {
-    meta.operators
-        .iter()
-        .flat_map(|op| &op.files)
-        .filter_map(|f| f.native.as_ref())
-        .flat_map(|n| n.files.iter().map(|f| (f.name.clone(), f.path.clone())))
-        .collect()
-}
-
-fn ssts(meta: &Metadata) -> BTreeSet<String> {
-    native_files(meta)
-        .into_keys()
-        .filter(|n| n.ends_with(".sst"))
-        .collect()
-}
 
 /// Native files checkpoint `id` uploaded itself (in its directory, or shared
 /// files named after it).
@@ -157,17 +33,6 @@ fn uploaded_by(meta: &Metadata, id: u64) -> BTreeSet<String> {
         .collect()
 }
 
-fn local_dirs_left(local: &Path) -> Vec<String> {
-    std::fs::read_dir(local)
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| n.contains(".chk-"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn incremental_checkpoint_uploads_only_new_files() {
     let root = tempfile::tempdir().unwrap();
@@ -178,7 +43,7 @@ fn incremental_checkpoint_uploads_only_new_files() {
     let mut store = KeyedStateStore::<u64>::open(&backend, MAX, "inc").unwrap();
 
     fill(&mut store, all, 0..20_000, |k| k * 2);
-    let p = part(&mut store, 1, 1, 0);
+    let p = native_part(&mut store, 1, 1, 0);
     let (chk1, stats1) = storage
         .write_with_stats(JOB, 1, SnapshotKind::Checkpoint, vec![p])
         .unwrap();
@@ -199,7 +64,7 @@ fn incremental_checkpoint_uploads_only_new_files() {
     // More keys, some changed: the second checkpoint adds new SST files.
     fill(&mut store, all, 20_000..30_000, |k| k * 2);
     fill(&mut store, all, 0..200, |k| k + 7);
-    let p = part(&mut store, 2, 1, 0);
+    let p = native_part(&mut store, 2, 1, 0);
     let (chk2, stats2) = storage
         .write_with_stats(JOB, 2, SnapshotKind::Checkpoint, vec![p])
         .unwrap();
@@ -250,7 +115,7 @@ fn incremental_checkpoint_uploads_only_new_files() {
         stats2.bytes_reused
     );
     // The uploader removed the local snapshot directories.
-    assert_eq!(local_dirs_left(local.path()), Vec::<String>::new());
+    assert_eq!(local_snapshots_left(local.path()), Vec::<String>::new());
 
     // Restoring the second checkpoint gives the full state, on either backend.
     let expected = |k: u64| if k < 200 { k + 7 } else { k * 2 };
@@ -261,7 +126,7 @@ fn incremental_checkpoint_uploads_only_new_files() {
 
     // A checkpoint of the restored store reuses the files it was restored from.
     fill(&mut restored, all, 30_000..30_100, |k| k * 2);
-    let p = part(&mut restored, 3, 1, 0);
+    let p = native_part(&mut restored, 3, 1, 0);
     let (chk3, stats3) = storage
         .write_with_stats(JOB, 3, SnapshotKind::Checkpoint, vec![p])
         .unwrap();
@@ -282,7 +147,7 @@ fn full_native_checkpoints_keep_every_file_in_their_own_directory() {
     let mut store = KeyedStateStore::<u64>::open(&backend, MAX, "full").unwrap();
     fill(&mut store, all, 0..5_000, |k| k + 1);
     for id in 1..=2 {
-        let p = part(&mut store, id, 1, 0);
+        let p = native_part(&mut store, id, 1, 0);
         let (location, stats) = storage
             .write_with_stats(JOB, id, SnapshotKind::Checkpoint, vec![p])
             .unwrap();
@@ -317,7 +182,7 @@ fn retention_keeps_referenced_shared_files_and_deletes_the_rest() {
             JOB,
             1,
             SnapshotKind::Checkpoint,
-            vec![part(&mut store, 1, 1, 0)],
+            vec![native_part(&mut store, 1, 1, 0)],
         )
         .unwrap();
     fill(&mut store, all, 10_000..12_000, |k| k);
@@ -326,7 +191,7 @@ fn retention_keeps_referenced_shared_files_and_deletes_the_rest() {
             JOB,
             2,
             SnapshotKind::Checkpoint,
-            vec![part(&mut store, 2, 1, 0)],
+            vec![native_part(&mut store, 2, 1, 0)],
         )
         .unwrap();
     let meta2 = storage.metadata(&chk2).unwrap();
@@ -375,7 +240,7 @@ fn retention_keeps_referenced_shared_files_and_deletes_the_rest() {
             JOB,
             3,
             SnapshotKind::Checkpoint,
-            vec![part(&mut fresh, 3, 1, 0)],
+            vec![native_part(&mut fresh, 3, 1, 0)],
         )
         .unwrap();
     assert_eq!(storage.retain(JOB, 2).unwrap(), Vec::<u64>::new());
@@ -414,7 +279,7 @@ fn a_corrupt_sst_falls_back_to_the_previous_checkpoint() {
             JOB,
             1,
             SnapshotKind::Checkpoint,
-            vec![part(&mut store, 1, 1, 0)],
+            vec![native_part(&mut store, 1, 1, 0)],
         )
         .unwrap();
     fill(&mut store, all, 8_000..9_000, |k| k * 5);
@@ -423,7 +288,7 @@ fn a_corrupt_sst_falls_back_to_the_previous_checkpoint() {
             JOB,
             2,
             SnapshotKind::Checkpoint,
-            vec![part(&mut store, 2, 1, 0)],
+            vec![native_part(&mut store, 2, 1, 0)],
         )
         .unwrap();
     let meta2 = storage.metadata(&chk2).unwrap();
@@ -476,7 +341,7 @@ fn checkpoint_of(
         let mut store =
             KeyedStateStore::<u64>::open(backend, MAX, &format!("sub-{index}")).unwrap();
         fill(&mut store, range, 0..keys, |k| k * 11 + 1);
-        parts.push(part(&mut store, id, parallelism, index));
+        parts.push(native_part(&mut store, id, parallelism, index));
     }
     storage.write(JOB, id, kind, parts).unwrap()
 }
@@ -524,7 +389,7 @@ fn savepoints_of_rocksdb_stores_are_portable_key_groups() {
     let op = &snapshot.operators[&native_uid(UID)];
     assert!(op.operator.is_empty());
     assert!(op.keyed.len() > 100, "{} key groups", op.keyed.len());
-    assert_eq!(local_dirs_left(local.path()), Vec::<String>::new());
+    assert_eq!(local_snapshots_left(local.path()), Vec::<String>::new());
     for (target, parallelism) in [(StateBackend::HashMap, 3), (backend.clone(), 1)] {
         for index in 0..parallelism {
             let mut store = restore(&storage, &location, &target, parallelism, index);
@@ -555,7 +420,7 @@ fn a_million_keys_checkpoint_natively_and_restore() {
             JOB,
             1,
             SnapshotKind::Checkpoint,
-            vec![part(&mut store, 1, 1, 0)],
+            vec![native_part(&mut store, 1, 1, 0)],
         )
         .unwrap();
     let took = started.elapsed();

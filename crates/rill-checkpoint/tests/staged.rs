@@ -10,57 +10,18 @@
 //! root, rescaling, fallback past a corrupt staged SST, and the removal of
 //! files staged for checkpoints that never complete.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 
-use rill_checkpoint::format::Metadata;
 use rill_checkpoint::staged::StagedSnapshot;
 use rill_checkpoint::{layout, CheckpointStorage, SnapshotKind, SubtaskState};
-use rill_state::native::native_uid;
-use rill_state::{KeyGroupRange, KeyedStateStore, RocksDbOptions, StateBackend, ValueState};
+use rill_state::{KeyedStateStore, StateBackend};
+
+#[path = "support/rocksdb_state.rs"]
+mod rocksdb_state;
+use rocksdb_state::*;
 
 const JOB: &str = "staged-job";
-const UID: &str = "counter";
-const MAX: usize = 128;
-
-fn open(dir: &Path) -> CheckpointStorage {
-    CheckpointStorage::open(dir.to_str().expect("utf8 tempdir"), &BTreeMap::new())
-        .expect("open local storage")
-}
-
-fn rocksdb(local: &Path, incremental: bool) -> StateBackend {
-    StateBackend::RocksDb(RocksDbOptions {
-        local_dir: Some(local.to_path_buf()),
-        incremental,
-    })
-}
-
-fn value() -> ValueState<u64> {
-    ValueState::new("v")
-}
-
-fn range_of(parallelism: usize, index: usize) -> KeyGroupRange {
-    KeyGroupRange::for_subtask(MAX, parallelism, index).expect("range")
-}
-
-fn owns(range: KeyGroupRange, key: u64) -> bool {
-    let kg = rill_state::key_group::key_group_for_hash(rill_state::hash_key(&key), MAX);
-    (range.start..=range.end).contains(&kg)
-}
-
-fn fill(
-    store: &mut KeyedStateStore<u64>,
-    range: KeyGroupRange,
-    keys: std::ops::Range<u64>,
-    f: impl Fn(u64) -> u64,
-) {
-    let v = value();
-    for k in keys.filter(|k| owns(range, *k)) {
-        store.set_current_key(k);
-        v.set(store, f(k));
-    }
-    assert_eq!(store.take_failure().map(|e| e.to_string()), None);
-}
 
 /// The TaskManager's share: snapshot subtask `index` natively for `id` and
 /// stage it, checking the handle was replaced and the local snapshot removed.
@@ -72,34 +33,12 @@ fn staged_part(
     parallelism: usize,
     index: usize,
 ) -> (SubtaskState, rill_checkpoint::WriteStats) {
-    let native = store
-        .native_snapshot(id, range_of(parallelism, index))
-        .expect("native snapshot")
-        .expect("a RocksDB store snapshots natively");
-    let mut part = SubtaskState {
-        uid: native_uid(UID),
-        subtask: index,
-        parallelism,
-        max_parallelism: MAX,
-        keyed: native.pending,
-        operator: Some(native.handle),
-    };
+    let mut part = native_part(store, id, parallelism, index);
     let stats = tm.stage_native(JOB, id, &mut part).expect("stage");
     let handle = part.operator.as_deref().expect("a handle");
     assert!(StagedSnapshot::is_staged(handle), "the handle was replaced");
     assert_eq!(local_snapshots_left(local), Vec::<String>::new());
     (part, stats)
-}
-
-fn local_snapshots_left(local: &Path) -> Vec<String> {
-    std::fs::read_dir(local)
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| n.contains(".chk-"))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Drops the TaskManager's stores and deletes its local directory: nothing
@@ -111,66 +50,6 @@ fn lose_taskmanager_disk(stores: Vec<KeyedStateStore<u64>>, local: tempfile::Tem
         .close()
         .expect("remove the TaskManager's local directory");
     assert!(!path.exists());
-}
-
-fn restore(
-    storage: &CheckpointStorage,
-    location: &str,
-    backend: &StateBackend,
-    parallelism: usize,
-    index: usize,
-) -> KeyedStateStore<u64> {
-    let snapshot = storage.read(location).expect("read");
-    let op = &snapshot.operators[&native_uid(UID)];
-    let range = range_of(parallelism, index);
-    let mut store =
-        KeyedStateStore::open(backend, MAX, &format!("restored-{index}")).expect("open store");
-    let blobs: Vec<&[u8]> = op.operator.values().map(Vec::as_slice).collect();
-    store.restore_native(&blobs, range).expect("restore native");
-    for (kg, blob) in op.keyed.range(range.start..=range.end) {
-        store.restore(*kg, blob).expect("restore key group");
-    }
-    store
-}
-
-fn check(
-    store: &mut KeyedStateStore<u64>,
-    range: KeyGroupRange,
-    keys: std::ops::Range<u64>,
-    f: impl Fn(u64) -> u64,
-) {
-    let v = value();
-    let mut owned = 0;
-    for k in keys.start..keys.end + 100 {
-        store.set_current_key(k);
-        let got = v.get(store);
-        if k >= keys.end {
-            assert_eq!(got, None, "key {k} was never written");
-        } else if owns(range, k) {
-            owned += 1;
-            assert_eq!(got, Some(f(k)), "key {k}");
-        } else {
-            assert_eq!(got, None, "key {k} belongs to another subtask");
-        }
-    }
-    assert_eq!(store.entries("v"), owned, "entries in {range:?}");
-    assert_eq!(store.take_failure().map(|e| e.to_string()), None);
-}
-
-fn native_files(meta: &Metadata) -> BTreeMap<String, String> {
-    meta.operators
-        .iter()
-        .flat_map(|op| &op.files)
-        .filter_map(|f| f.native.as_ref())
-        .flat_map(|n| n.files.iter().map(|f| (f.name.clone(), f.path.clone())))
-        .collect()
-}
-
-fn ssts(meta: &Metadata) -> BTreeSet<String> {
-    native_files(meta)
-        .into_keys()
-        .filter(|n| n.ends_with(".sst"))
-        .collect()
 }
 
 /// Every file under `dir`, relative to it.
