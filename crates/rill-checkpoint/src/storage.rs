@@ -1163,6 +1163,43 @@ impl CheckpointStorage {
         Ok(meta)
     }
 
+    /// The bytes of `rel_file`, which the metadata of the snapshot at
+    /// `location` lists as `file` with `size` bytes and checksum `crc32`;
+    /// a missing, short or altered file is an error naming both.
+    async fn fetch_verified(
+        &self,
+        rel_file: &str,
+        location: &str,
+        file: &str,
+        size: u64,
+        crc32: u32,
+    ) -> Result<bytes::Bytes> {
+        let Some(bytes) = self.fetch(rel_file).await? else {
+            return Err(CheckpointError::MissingStateFile {
+                location: location.to_string(),
+                file: file.to_string(),
+            });
+        };
+        if bytes.len() as u64 != size {
+            return Err(CheckpointError::SizeMismatch {
+                location: location.to_string(),
+                file: file.to_string(),
+                expected: size,
+                actual: bytes.len() as u64,
+            });
+        }
+        let actual = format::checksum(&bytes);
+        if actual != crc32 {
+            return Err(CheckpointError::ChecksumMismatch {
+                location: location.to_string(),
+                file: file.to_string(),
+                expected: crc32,
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+
     async fn read_dir(&self, rel: &str) -> Result<Snapshot> {
         let location = self.inner.backend.uri_of(rel);
         let meta = self.read_metadata(rel).await?;
@@ -1177,29 +1214,9 @@ impl CheckpointStorage {
         let loaded: Vec<(usize, FileMetadata, format::StateFile)> = stream::iter(wanted)
             .map(|(op_index, f)| async move {
                 let rel_file = layout::join(rel, &f.file);
-                let Some(bytes) = self.fetch(&rel_file).await? else {
-                    return Err(CheckpointError::MissingStateFile {
-                        location: location_ref.clone(),
-                        file: f.file.clone(),
-                    });
-                };
-                if bytes.len() as u64 != f.size {
-                    return Err(CheckpointError::SizeMismatch {
-                        location: location_ref.clone(),
-                        file: f.file.clone(),
-                        expected: f.size,
-                        actual: bytes.len() as u64,
-                    });
-                }
-                let actual = format::checksum(&bytes);
-                if actual != f.crc32 {
-                    return Err(CheckpointError::ChecksumMismatch {
-                        location: location_ref.clone(),
-                        file: f.file.clone(),
-                        expected: f.crc32,
-                        actual,
-                    });
-                }
+                let bytes = self
+                    .fetch_verified(&rel_file, location_ref, &f.file, f.size, f.crc32)
+                    .await?;
                 let state = format::decode_state_file(&bytes).map_err(|reason| {
                     CheckpointError::CorruptStateFile {
                         location: location_ref.clone(),
@@ -1267,29 +1284,9 @@ impl CheckpointStorage {
         }
         let fetched: Vec<(usize, usize, usize, bytes::Bytes)> = stream::iter(native_jobs)
             .map(|(op_index, subtask, file_index, nf, here)| async move {
-                let Some(bytes) = self.fetch(&here).await? else {
-                    return Err(CheckpointError::MissingStateFile {
-                        location: location_ref.clone(),
-                        file: nf.path.clone(),
-                    });
-                };
-                if bytes.len() as u64 != nf.size {
-                    return Err(CheckpointError::SizeMismatch {
-                        location: location_ref.clone(),
-                        file: nf.path.clone(),
-                        expected: nf.size,
-                        actual: bytes.len() as u64,
-                    });
-                }
-                let actual = format::checksum(&bytes);
-                if actual != nf.crc32 {
-                    return Err(CheckpointError::ChecksumMismatch {
-                        location: location_ref.clone(),
-                        file: nf.path.clone(),
-                        expected: nf.crc32,
-                        actual,
-                    });
-                }
+                let bytes = self
+                    .fetch_verified(&here, location_ref, &nf.path, nf.size, nf.crc32)
+                    .await?;
                 Ok((op_index, subtask, file_index, bytes))
             })
             .buffer_unordered(IO_CONCURRENCY)
