@@ -69,6 +69,11 @@ pub struct JobManagerOptions {
     /// `resourcemanager.taskmanager-timeout`: idle TaskManagers are released
     /// after this long.
     pub idle_timeout: Duration,
+    /// `slotmanager.number-of-slots.min`: slots kept even when no job needs
+    /// them (a session's `minTaskManagers` × slots).
+    pub min_slots: usize,
+    /// `slotmanager.number-of-slots.max`: the most slots asked for.
+    pub max_slots: Option<usize>,
 }
 
 impl JobManagerOptions {
@@ -102,7 +107,23 @@ impl JobManagerOptions {
                 .max(1),
             slot_request_timeout: ms("slot.request.timeout", 300_000)?,
             idle_timeout: ms("resourcemanager.taskmanager-timeout", 30_000)?,
+            min_slots: config
+                .get_parsed("slotmanager.number-of-slots.min")?
+                .unwrap_or(0usize),
+            max_slots: config.get_parsed("slotmanager.number-of-slots.max")?,
         })
+    }
+
+    /// TaskManagers to keep for jobs wanting `wanted` slots: enough for
+    /// them and for `min_slots`, but no more than `max_slots` allows, in
+    /// whole TaskManagers.
+    pub fn taskmanagers_for(&self, wanted: usize) -> usize {
+        let per = self.slots_per_taskmanager.max(1);
+        let n = wanted.max(self.min_slots).div_ceil(per);
+        match self.max_slots {
+            Some(max) => n.min(max / per),
+            None => n,
+        }
     }
 }
 
@@ -114,6 +135,9 @@ struct TaskManagerEntry {
     connection: u64,
     last_heartbeat: Instant,
     idle_since: Option<Instant>,
+    /// Given back to the worker provider; gone once its connection closes.
+    /// It takes no slots and no longer counts as held.
+    released: bool,
 }
 
 /// Where the events of one deployed attempt go.
@@ -188,6 +212,9 @@ struct Shared {
     workers: Arc<dyn WorkerProvider>,
     leadership: Leadership,
     state: Mutex<ClusterState>,
+    /// Orders what the worker provider is told: a count computed earlier
+    /// must not land after a later one.
+    provider: Mutex<()>,
     changed: Condvar,
     connections: AtomicU64,
     stop: AtomicBool,
@@ -258,6 +285,7 @@ impl JobManager {
             workers,
             leadership,
             state: Mutex::default(),
+            provider: Mutex::default(),
             changed: Condvar::new(),
             connections: AtomicU64::new(0),
             stop: AtomicBool::new(false),
@@ -281,6 +309,9 @@ impl JobManager {
             tracing::info!(job = %job.job_id, entry = %job.entry, "recovering job");
             manager.shared.clone().launch_job(job, true)?;
         }
+        // The first desired count: the recovered jobs' slots and the
+        // minimum, so a session starts with its minimum TaskManagers.
+        manager.shared.update_desired();
         Ok(manager)
     }
 
@@ -398,7 +429,13 @@ impl Shared {
             attempt: 0,
             stored: job.clone(),
         };
-        self.lock()?.jobs.insert(job.job_id.clone(), record);
+        {
+            let mut state = self.lock()?;
+            // Counted from the start, so a desired count stated before the
+            // job master asks for its slots already covers the job.
+            state.wanted.insert(job.job_id.clone(), record.parallelism);
+            state.jobs.insert(job.job_id.clone(), record);
+        }
         let shared = self.clone();
         std::thread::Builder::new()
             .name("job-master".into())
@@ -577,14 +614,21 @@ impl Shared {
         self.changed.notify_all();
     }
 
-    /// Tells the worker provider how many TaskManagers the jobs need.
+    /// Tells the worker provider how many TaskManagers to keep: what the
+    /// jobs need, and never fewer than are registered. TaskManagers the jobs
+    /// no longer need go only when idle, released one by one after
+    /// `resourcemanager.taskmanager-timeout`; lowering the count would let
+    /// the provider stop any of them, busy ones included.
     fn update_desired(&self) {
-        let wanted: usize = match self.lock() {
-            Ok(state) => state.wanted.values().sum(),
+        let _order = self.provider.lock();
+        let (wanted, held) = match self.lock() {
+            Ok(state) => (state.wanted.values().sum(), held(&state)),
             Err(_) => return,
         };
-        let per = self.options.slots_per_taskmanager;
-        if let Err(e) = self.workers.set_desired(wanted.div_ceil(per)) {
+        if let Err(e) = self
+            .workers
+            .set_desired(desired_taskmanagers(&self.options, wanted, held))
+        {
             tracing::warn!(error = %e, "cannot request TaskManagers");
         }
     }
@@ -634,6 +678,7 @@ impl Shared {
                 connection,
                 last_heartbeat: Instant::now(),
                 idle_since: Some(Instant::now()),
+                released: false,
             },
         );
         drop(state);
@@ -748,6 +793,12 @@ fn serve_taskmanager(stream: TcpStream, shared: Arc<Shared>) {
             slots,
             data_address,
         })) if !id.is_empty() && slots > 0 => {
+            // The answer goes first: once registered, the TaskManager's
+            // slots can be taken and a deployment sent at once, and the
+            // TaskManager expects the answer before anything else.
+            if sender.send(&ToTaskManager::Registered).is_err() {
+                return;
+            }
             match shared.register(id.clone(), slots, data_address, sender.clone()) {
                 Ok(c) => (id, c),
                 Err(_) => return,
@@ -761,10 +812,6 @@ fn serve_taskmanager(stream: TcpStream, shared: Arc<Shared>) {
         }
         _ => return,
     };
-    if sender.send(&ToTaskManager::Registered).is_err() {
-        shared.lose_taskmanager(&id, connection, "registration answer failed");
-        return;
-    }
     let why = loop {
         match receiver.recv::<ToJobManager>() {
             Ok(Some(ToJobManager::Heartbeat { tasks })) => {
@@ -843,18 +890,40 @@ fn monitor(shared: Arc<Shared>) {
         for (id, connection) in silent {
             shared.lose_taskmanager(&id, connection, "heartbeat timed out");
         }
-        // Release idle TaskManagers beyond what the jobs need.
-        let per = shared.options.slots_per_taskmanager;
-        let registered = shared.lock().map_or(0, |s| s.taskmanagers.len());
-        let surplus = registered.saturating_sub(wanted.div_ceil(per));
+        // Release idle TaskManagers beyond what the jobs (and the minimum)
+        // need.
+        let _order = shared.provider.lock();
+        let (registered, wanted) = shared
+            .lock()
+            .map_or((0, wanted), |s| (held(&s), s.wanted.values().sum()));
+        let surplus = registered.saturating_sub(shared.options.taskmanagers_for(wanted));
         for id in idle.into_iter().take(surplus) {
+            // Still idle? A job may have taken a slot since; a released
+            // TaskManager offers no slots from here on.
+            let taken =
+                shared
+                    .lock()
+                    .is_ok_and(|mut state| match state.taskmanagers.get_mut(&id) {
+                        Some(tm) if !tm.released && tm.idle_since.is_some() => {
+                            tm.released = true;
+                            tm.free = 0;
+                            tm.idle_since = None;
+                            true
+                        }
+                        _ => false,
+                    });
+            if !taken {
+                continue;
+            }
             tracing::info!(taskmanager = %id, "releasing an idle TaskManager");
             if let Err(e) = shared.workers.release(&id) {
                 tracing::warn!(taskmanager = %id, error = %e, "cannot release");
-            }
-            if let Ok(mut state) = shared.lock() {
-                if let Some(tm) = state.taskmanagers.get_mut(&id) {
-                    tm.idle_since = None;
+                if let Ok(mut state) = shared.lock() {
+                    if let Some(tm) = state.taskmanagers.get_mut(&id) {
+                        tm.released = false;
+                        tm.free = tm.slots;
+                        tm.idle_since = Some(Instant::now());
+                    }
                 }
             }
         }
@@ -1096,6 +1165,18 @@ impl Launcher for ClusterLauncher {
     }
 }
 
+/// Registered TaskManagers not given back to the worker provider.
+fn held(state: &ClusterState) -> usize {
+    state.taskmanagers.values().filter(|t| !t.released).count()
+}
+
+/// The TaskManager count asked of the worker provider: what `wanted` slots
+/// need within the minimum and maximum, or the `held` TaskManagers when
+/// more (the surplus goes by idle release, not by a lower count).
+fn desired_taskmanagers(options: &JobManagerOptions, wanted: usize, held: usize) -> usize {
+    options.taskmanagers_for(wanted).max(held)
+}
+
 /// Slots a job needs with slot sharing: its largest parallelism.
 fn slots_needed(graph: &JobGraph) -> usize {
     graph
@@ -1287,13 +1368,12 @@ impl Dispatcher for ClusterDispatcher {
             let state = shared
                 .lock()
                 .map_err(|e| DispatchError::Unavailable(e.to_string()))?;
-            if state
-                .jobs
-                .get(&job_id)
-                .is_some_and(|j| !j.status.is_terminal())
-            {
+            // A job id runs once: a submission repeated after a lost answer
+            // must not start the job again, even when it has ended.
+            if let Some(j) = state.jobs.get(&job_id) {
                 return Err(DispatchError::Conflict(format!(
-                    "job {job_id} is already running"
+                    "job {job_id} was already submitted ({:?})",
+                    j.status
                 )));
             }
         }
@@ -1490,5 +1570,53 @@ mod tests {
         assert_ne!(new_job_id(), new_job_id());
         assert!(!is_job_id("../etc"));
         assert!(!is_job_id(""));
+    }
+
+    fn options(slots: &[(&str, &str)]) -> JobManagerOptions {
+        let mut config = Configuration::new();
+        for (k, v) in slots {
+            config.set(k, *v).unwrap();
+        }
+        JobManagerOptions::from_config(&config, "jm").unwrap()
+    }
+
+    #[test]
+    fn taskmanagers_cover_the_jobs_within_the_minimum_and_maximum() {
+        let plain = options(&[("taskmanager.numberOfTaskSlots", "2")]);
+        assert_eq!(plain.taskmanagers_for(0), 0);
+        assert_eq!(plain.taskmanagers_for(3), 2);
+        let session = options(&[
+            ("taskmanager.numberOfTaskSlots", "2"),
+            ("slotmanager.number-of-slots.min", "2"),
+            ("slotmanager.number-of-slots.max", "8"),
+        ]);
+        assert_eq!(session.taskmanagers_for(0), 1, "the minimum with no job");
+        assert_eq!(session.taskmanagers_for(1), 1);
+        assert_eq!(session.taskmanagers_for(5), 3);
+        assert_eq!(session.taskmanagers_for(40), 4, "bounded by the maximum");
+        let one = options(&[
+            ("slotmanager.number-of-slots.min", "1"),
+            ("slotmanager.number-of-slots.max", "4"),
+        ]);
+        assert_eq!(one.taskmanagers_for(4), 4);
+        assert_eq!(one.taskmanagers_for(2), 2);
+        assert_eq!(one.taskmanagers_for(0), 1);
+    }
+
+    #[test]
+    fn the_desired_count_never_drops_below_the_taskmanagers_held() {
+        let one = options(&[
+            ("slotmanager.number-of-slots.min", "1"),
+            ("slotmanager.number-of-slots.max", "4"),
+        ]);
+        // Two jobs of two slots on four TaskManagers; one is cancelled: the
+        // count stays at four until idle ones are released.
+        assert_eq!(desired_taskmanagers(&one, 4, 4), 4);
+        assert_eq!(desired_taskmanagers(&one, 2, 4), 4);
+        assert_eq!(desired_taskmanagers(&one, 2, 2), 2);
+        // More needed than held: starting ones are asked for.
+        assert_eq!(desired_taskmanagers(&one, 4, 2), 4);
+        // Nothing held, nothing running: the minimum.
+        assert_eq!(desired_taskmanagers(&one, 0, 0), 1);
     }
 }

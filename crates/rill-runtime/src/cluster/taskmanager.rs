@@ -11,7 +11,7 @@
 //! leads then.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +29,32 @@ use super::services::HighAvailability;
 use crate::local::{spawn_tasks, Placement, TaskCommand, TaskEvent, Wiring};
 use crate::plan::Plan;
 use crate::RuntimeError;
+
+/// How long a TaskManager waits for the JobManager to answer its
+/// registration before it connects again.
+const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting to the JobManager may take. The address may belong
+/// to a pod that is gone, where a connection attempt would otherwise wait
+/// for the kernel's SYN retries (minutes) while a new leader is elected.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Connects to `address` (`host:port`), trying each address it resolves
+/// to for at most [`CONNECT_TIMEOUT`].
+fn connect(address: &str) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for a in address.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{address} resolves to no address"),
+        )
+    }))
+}
 
 /// How a TaskManager presents itself.
 #[derive(Debug, Clone)]
@@ -174,10 +200,10 @@ impl TaskManager {
                     continue;
                 }
             };
-            match TcpStream::connect(&leader.rpc) {
+            match connect(&leader.rpc) {
                 Ok(stream) => {
                     announced = false;
-                    if let Err(e) = self.serve(stream, shutdown) {
+                    if let Err(e) = self.serve(stream, &leader.rpc, shutdown) {
                         tracing::warn!(error = %e, jobmanager = %leader.rpc, "JobManager connection lost");
                     }
                     self.cancel_all();
@@ -204,13 +230,81 @@ impl TaskManager {
         }
     }
 
-    fn serve(&self, stream: TcpStream, shutdown: &AtomicBool) -> Result<(), RuntimeError> {
+    /// Waits until the JobManager at `rpc_address` answers on `stream`
+    /// (without consuming the answer), for at most [`REGISTRATION_TIMEOUT`]
+    /// and only while the HA services still name it the leader.
+    ///
+    /// A standby JobManager has bound its RPC port but accepts nothing until
+    /// it wins the election, so the kernel queues a connection to it and
+    /// nobody ever answers. That happens whenever a leader's container
+    /// restarts in place after a crash: its successor comes up as a standby
+    /// at the same address while the old leader's record is still valid.
+    fn await_answer(
+        &self,
+        stream: &TcpStream,
+        rpc_address: &str,
+        shutdown: &AtomicBool,
+    ) -> Result<(), RuntimeError> {
+        let io = |source| RuntimeError::Io {
+            context: "waiting for the registration answer".into(),
+            source,
+        };
+        let started = Instant::now();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .map_err(io)?;
+        loop {
+            match stream.peek(&mut [0u8; 1]) {
+                // An answer, or the connection closed: either is read next.
+                Ok(_) => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io(e)),
+            }
+            if shutdown.load(Ordering::SeqCst) {
+                return Err(RuntimeError::Cluster("stopping".into()));
+            }
+            if started.elapsed() >= REGISTRATION_TIMEOUT {
+                return Err(RuntimeError::Cluster(format!(
+                    "no registration answer within {REGISTRATION_TIMEOUT:?}"
+                )));
+            }
+            match self.ha.leader() {
+                Ok(Some(leader)) if leader.rpc == rpc_address => {}
+                // Lookup failures are retried until the timeout.
+                Err(_) => {}
+                Ok(other) => {
+                    return Err(RuntimeError::Cluster(format!(
+                        "no registration answer, and the leader is now {:?}",
+                        other.map(|l| l.rpc)
+                    )))
+                }
+            }
+        }
+        stream.set_read_timeout(None).map_err(io)
+    }
+
+    fn serve(
+        &self,
+        stream: TcpStream,
+        rpc_address: &str,
+        shutdown: &AtomicBool,
+    ) -> Result<(), RuntimeError> {
+        let waiting = stream.try_clone().map_err(|source| RuntimeError::Io {
+            context: "cloning a control connection".into(),
+            source,
+        })?;
         let (sender, mut receiver) = rpc::split(stream)?;
         sender.send(&ToJobManager::Register {
             id: self.options.id.clone(),
             slots: self.options.slots,
             data_address: self.data_address(),
         })?;
+        self.await_answer(&waiting, rpc_address, shutdown)?;
         match receiver.recv::<ToTaskManager>()? {
             Some(ToTaskManager::Registered) => {
                 tracing::info!(id = %self.options.id, "registered with the JobManager")
@@ -255,47 +349,65 @@ impl TaskManager {
                 })
                 .map_err(RuntimeError::Spawn)?
         };
-        let result = loop {
-            if shutdown.load(Ordering::SeqCst) {
-                break Ok(());
-            }
-            let message = match receiver.recv::<ToTaskManager>() {
-                Ok(Some(m)) => m,
-                Ok(None) => {
-                    break Err(RuntimeError::Cluster(
-                        "the JobManager closed the connection".into(),
-                    ))
+        // An idle TaskManager hears nothing from the JobManager, so a stop
+        // request (SIGTERM when its pod is deleted) closes the connection
+        // rather than waiting for a message that may never come.
+        let result = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while connected.load(Ordering::SeqCst) {
+                    if shutdown.load(Ordering::SeqCst) {
+                        sender.close();
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
                 }
-                Err(e) => break Err(e),
+            });
+            let result = loop {
+                if shutdown.load(Ordering::SeqCst) {
+                    break Ok(());
+                }
+                let message = match receiver.recv::<ToTaskManager>() {
+                    Ok(Some(m)) => m,
+                    // Closed by the stop request.
+                    Ok(None) | Err(_) if shutdown.load(Ordering::SeqCst) => break Ok(()),
+                    Ok(None) => {
+                        break Err(RuntimeError::Cluster(
+                            "the JobManager closed the connection".into(),
+                        ))
+                    }
+                    Err(e) => break Err(e),
+                };
+                match message {
+                    ToTaskManager::Deploy(d) => self.deploy(*d, &sender),
+                    ToTaskManager::Command {
+                        job,
+                        attempt,
+                        task,
+                        command,
+                    } => {
+                        if let Ok(attempts) = self.attempts.lock() {
+                            if let Some(c) = attempts
+                                .get(&(job, attempt))
+                                .and_then(|a| a.commands.get(&task))
+                            {
+                                let _ = c.send(command);
+                            }
+                        }
+                    }
+                    ToTaskManager::Cancel { job, attempt } => {
+                        if let Ok(attempts) = self.attempts.lock() {
+                            if let Some(a) = attempts.get(&(job.clone(), attempt)) {
+                                a.cancel.store(true, Ordering::SeqCst);
+                            }
+                        }
+                        self.data.forget(&job, attempt);
+                    }
+                    ToTaskManager::Registered | ToTaskManager::Rejected(_) => {}
+                }
             };
-            match message {
-                ToTaskManager::Deploy(d) => self.deploy(*d, &sender),
-                ToTaskManager::Command {
-                    job,
-                    attempt,
-                    task,
-                    command,
-                } => {
-                    if let Ok(attempts) = self.attempts.lock() {
-                        if let Some(c) = attempts
-                            .get(&(job, attempt))
-                            .and_then(|a| a.commands.get(&task))
-                        {
-                            let _ = c.send(command);
-                        }
-                    }
-                }
-                ToTaskManager::Cancel { job, attempt } => {
-                    if let Ok(attempts) = self.attempts.lock() {
-                        if let Some(a) = attempts.get(&(job.clone(), attempt)) {
-                            a.cancel.store(true, Ordering::SeqCst);
-                        }
-                    }
-                    self.data.forget(&job, attempt);
-                }
-                ToTaskManager::Registered | ToTaskManager::Rejected(_) => {}
-            }
-        };
+            connected.store(false, Ordering::SeqCst);
+            result
+        });
         connected.store(false, Ordering::SeqCst);
         sender.close();
         let _ = beat.join();
@@ -642,5 +754,121 @@ impl Placement for NetworkPlacement<'_> {
                 .expect(self.key(consumer, gate, receiver), sender, ty.decoder(tx)?);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+    use crate::cluster::services::{LeaderAddress, StandaloneHa};
+
+    fn address(rpc: SocketAddr) -> LeaderAddress {
+        LeaderAddress {
+            rpc: rpc.to_string(),
+            rest: "http://127.0.0.1:1".into(),
+        }
+    }
+
+    #[test]
+    fn a_silent_standby_does_not_keep_a_taskmanager_from_the_new_leader() {
+        // The old leader's address now belongs to a standby: bound, never
+        // accepting.
+        let standby = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ha = Arc::new(StandaloneHa::with_leader(address(
+            standby.local_addr().unwrap(),
+        )));
+        let tm = TaskManager::new(
+            TaskManagerOptions {
+                id: "tm-1".into(),
+                slots: 1,
+                data_bind: "127.0.0.1:0".parse().unwrap(),
+                advertised_host: "127.0.0.1".into(),
+                heartbeat: Duration::from_secs(1),
+                buffer_timeout: Duration::from_millis(10),
+            },
+            Arc::new(Catalog::new(Vec::new())),
+            Configuration::new(),
+            ha.clone(),
+        )
+        .unwrap();
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let stop = shutdown.clone();
+        let running = std::thread::spawn(move || tm.run(&stop));
+        std::thread::sleep(Duration::from_millis(500));
+
+        // A new leader publishes its address and answers registrations.
+        let leader = TcpListener::bind("127.0.0.1:0").unwrap();
+        ha.acquire_leadership("jm-2", &address(leader.local_addr().unwrap()))
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (stream, _) = leader.accept().unwrap();
+            let (sender, mut receiver) = rpc::split(stream).unwrap();
+            if let Ok(Some(ToJobManager::Register { id, .. })) = receiver.recv() {
+                sender.send(&ToTaskManager::Registered).unwrap();
+                tx.send(id).unwrap();
+            }
+            // Hold the connection until the TaskManager stops.
+            while let Ok(Some(_)) = receiver.recv::<ToJobManager>() {}
+        });
+        let registered = rx.recv_timeout(Duration::from_secs(5));
+        shutdown.store(true, Ordering::SeqCst);
+        assert_eq!(
+            registered.as_deref(),
+            Ok("tm-1"),
+            "the TaskManager registered with the new leader"
+        );
+        running.join().unwrap().unwrap();
+        drop(standby);
+    }
+
+    #[test]
+    fn an_idle_taskmanager_stops_at_once_when_asked() {
+        let leader = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ha = Arc::new(StandaloneHa::with_leader(address(
+            leader.local_addr().unwrap(),
+        )));
+        let tm = TaskManager::new(
+            TaskManagerOptions {
+                id: "tm-idle".into(),
+                slots: 1,
+                data_bind: "127.0.0.1:0".parse().unwrap(),
+                advertised_host: "127.0.0.1".into(),
+                heartbeat: Duration::from_secs(1),
+                buffer_timeout: Duration::from_millis(10),
+            },
+            Arc::new(Catalog::new(Vec::new())),
+            Configuration::new(),
+            ha,
+        )
+        .unwrap();
+        // A JobManager that registers the TaskManager and then never sends
+        // it anything (no job needs it).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (stream, _) = leader.accept().unwrap();
+            let (sender, mut receiver) = rpc::split(stream).unwrap();
+            if let Ok(Some(ToJobManager::Register { .. })) = receiver.recv() {
+                sender.send(&ToTaskManager::Registered).unwrap();
+                tx.send(()).unwrap();
+            }
+            while let Ok(Some(_)) = receiver.recv::<ToJobManager>() {}
+        });
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let stop = shutdown.clone();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done_tx.send(tm.run(&stop)).unwrap());
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("the TaskManager registered");
+        std::thread::sleep(Duration::from_millis(1500));
+        let asked = Instant::now();
+        shutdown.store(true, Ordering::SeqCst);
+        let outcome = done
+            .recv_timeout(Duration::from_secs(3))
+            .expect("the idle TaskManager stopped within 3 s of the request");
+        outcome.unwrap();
+        assert!(asked.elapsed() < Duration::from_secs(3));
     }
 }
