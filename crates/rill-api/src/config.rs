@@ -66,6 +66,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ),
     ("state.savepoints.dir", "", "default savepoint location"),
     (
+        "execution.checkpointing.externalized-checkpoint-retention",
+        "RETAIN_ON_CANCELLATION",
+        "on Kubernetes: whether deleting a FlinkJob keeps its checkpoints (RETAIN_ON_CANCELLATION) or deletes them (DELETE_ON_CANCELLATION)",
+    ),
+    (
         "execution.checkpointing.mode",
         "EXACTLY_ONCE",
         "EXACTLY_ONCE (aligned barriers) or AT_LEAST_ONCE",
@@ -232,6 +237,16 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "resourcemanager.taskmanager-timeout",
         "30 s",
         "idle TaskManagers beyond what jobs need are released after this",
+    ),
+    (
+        "slotmanager.number-of-slots.min",
+        "0",
+        "slots kept available even when no job needs them (whole TaskManagers, rounded up)",
+    ),
+    (
+        "slotmanager.number-of-slots.max",
+        "",
+        "most slots the cluster asks TaskManagers for (unset: no limit)",
     ),
     (
         "execution.target",

@@ -138,13 +138,24 @@ fn strip_nulls(v: &mut Value) {
     }
 }
 
+/// A pod from the user's template with the generated parts laid over it.
+/// Under both lie defaults the template may change: logs at `info`, as
+/// Flink's processes log.
 fn with_template(user: &Option<Value>, generated: Value) -> Value {
-    let mut pod = user.clone().unwrap_or_else(|| json!({}));
-    if let Some(obj) = pod.as_object_mut() {
+    let containers: Vec<Value> = generated["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| json!({"name": c["name"], "env": [{"name": "RUST_LOG", "value": "info"}]}))
+        .collect();
+    let mut pod = json!({"spec": {"containers": containers}});
+    let mut template = user.clone().unwrap_or_else(|| json!({}));
+    if let Some(obj) = template.as_object_mut() {
         obj.remove("apiVersion");
         obj.remove("kind");
         obj.remove("status");
     }
+    merge(&mut pod, &template);
     merge(&mut pod, &generated);
     strip_nulls(&mut pod);
     pod
@@ -408,7 +419,14 @@ mod tests {
             .collect();
         assert_eq!(
             env,
-            vec!["X", "POD_NAME", "POD_NAMESPACE", "POD_IP", "RILL_CONF_DIR"]
+            vec![
+                "RUST_LOG",
+                "X",
+                "POD_NAME",
+                "POD_NAMESPACE",
+                "POD_IP",
+                "RILL_CONF_DIR"
+            ]
         );
         let cm = c.config_map.data.clone().expect("data");
         assert!(cm["config.yaml"].contains("kubernetes.cluster-id: wsum"));

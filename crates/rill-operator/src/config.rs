@@ -246,6 +246,14 @@ impl ClusterSpec {
     }
 }
 
+/// TaskManagers a session wants for jobs holding `wanted` slots: whole
+/// TaskManagers of `slots` each, at least `min`, at most `max` (as the
+/// JobManager's resource manager counts them).
+pub fn session_task_managers(wanted: u32, slots: u32, min: Option<u32>, max: Option<u32>) -> u32 {
+    let n = wanted.div_ceil(slots.max(1)).max(min.unwrap_or(0));
+    max.map_or(n, |m| n.min(m))
+}
+
 const SCHEMES: [&str; 8] = ["file", "s3", "s3a", "gs", "az", "abfs", "abfss", "memory"];
 
 fn check_uri(what: &str, uri: &str) -> Result<()> {
@@ -379,6 +387,7 @@ pub fn validate(spec: &ClusterSpec) -> Result<()> {
             )));
         }
     }
+    crate::retention::retention(&spec.flink_configuration)?;
     for (what, t) in [
         ("jobManager.podTemplate", &spec.job_manager.pod_template),
         ("taskManager.podTemplate", &spec.tm_pod_template),
@@ -612,6 +621,16 @@ fn render_restart(c: &mut BTreeMap<String, String>, rs: &RestartStrategySpec) {
 mod tests {
     use super::*;
     use crate::crd::{DesiredJobState, TaskManagerSpec};
+
+    #[test]
+    fn a_session_wants_taskmanagers_for_its_jobs_within_min_and_max() {
+        assert_eq!(session_task_managers(0, 1, Some(1), Some(4)), 1);
+        assert_eq!(session_task_managers(4, 1, Some(1), Some(4)), 4);
+        assert_eq!(session_task_managers(2, 1, Some(1), Some(4)), 2);
+        assert_eq!(session_task_managers(9, 1, Some(1), Some(4)), 4);
+        assert_eq!(session_task_managers(3, 2, None, None), 2);
+        assert_eq!(session_task_managers(0, 2, None, None), 0);
+    }
 
     fn job_spec() -> FlinkJobSpec {
         FlinkJobSpec {

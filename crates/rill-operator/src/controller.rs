@@ -14,8 +14,9 @@
 //! The finalizer exists only for what owner references cannot clean up:
 //! the cluster's HA ConfigMaps (written by the JobManagers, deliberately
 //! unowned so they survive a Deployment deletion) and, for jobs in a
-//! session, cancelling the job. Checkpoint and savepoint data in object
-//! storage are kept (retention is the storage's business).
+//! session, cancelling the job; and an application cluster's checkpoints
+//! when `execution.checkpointing.externalized-checkpoint-retention` is
+//! `DELETE_ON_CANCELLATION`. Savepoints are always kept.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,7 @@ use crate::ha::{ha_selector, ADDRESS_KEY, LEADER_ANNOTATION};
 use crate::lifecycle::{self, Action as Step};
 use crate::metrics::Metrics;
 use crate::rest::{self, RestClient, SavepointOutcome};
+use crate::retention;
 use crate::workers::tm_selector;
 use crate::{Error, Result};
 
@@ -594,9 +596,8 @@ async fn apply_job(job: &FlinkJob, ctx: &Context) -> Result<Action> {
             let (rest, _) = rest_for(ctx, job, &names, ha).await?;
             match running_job(&rest, status.job_id.as_deref()).await {
                 Some(job_id) => {
-                    let target = savepoint_dir(&cluster);
                     let request = rest
-                        .trigger_savepoint(&job_id, target.as_deref(), false)
+                        .trigger_savepoint(&job_id, SAVEPOINT_TARGET, false)
                         .await?;
                     status.pending_savepoint = Some(PendingSavepoint {
                         job_id,
@@ -662,13 +663,10 @@ async fn finish_job(ctx: &Context, job: &FlinkJob, mut status: FlinkJobStatus) -
     write_job_status(ctx, job, &status).await
 }
 
-fn savepoint_dir(cluster: &ClusterSpec) -> Option<String> {
-    cluster
-        .checkpointing
-        .as_ref()
-        .and_then(|c| c.storage.as_deref())
-        .map(|s| format!("{}/savepoints", s.trim_end_matches('/')))
-}
+/// The target directory a savepoint request names: none. The cluster's
+/// `state.savepoints.dir` (rendered from `checkpointing.storage`) says
+/// where savepoints go, and the JobManager refuses a per-request directory.
+const SAVEPOINT_TARGET: Option<&str> = None;
 
 /// The id of the job if the JobManager reports it running.
 async fn running_job(rest: &RestClient, known: Option<&str>) -> Option<String> {
@@ -870,7 +868,7 @@ async fn upgrade(
             match running_job(&rest, status.job_id.as_deref()).await {
                 Some(job_id) => {
                     let request = rest
-                        .trigger_savepoint(&job_id, savepoint_dir(cluster).as_deref(), true)
+                        .trigger_savepoint(&job_id, SAVEPOINT_TARGET, true)
                         .await?;
                     ctx.event(
                         job,
@@ -935,7 +933,7 @@ async fn suspend(
         let (rest, _) = rest_for(ctx, job, names, cluster.high_availability.enabled).await?;
         if let Some(job_id) = running_job(&rest, status.job_id.as_deref()).await {
             let request = rest
-                .trigger_savepoint(&job_id, savepoint_dir(cluster).as_deref(), true)
+                .trigger_savepoint(&job_id, SAVEPOINT_TARGET, true)
                 .await?;
             ctx.event(
                 job,
@@ -1084,9 +1082,40 @@ async fn cleanup_job(job: &FlinkJob, ctx: &Context) -> Result<Action> {
         ));
     }
     let n = delete_ha_data(&ctx.client, &names).await?;
+    apply_retention(job, ctx).await?;
     tracing::info!(object = %key, ha_config_maps = n, "FlinkJob cleaned up");
     ctx.metrics.lifecycle("FlinkJob", &key, None);
     Ok(Action::await_change())
+}
+
+/// Deletes a stopped application cluster's checkpoints when its
+/// configuration asks for it (see [`retention`]). A value that cannot be
+/// read keeps them: deletion must never lose data by mistake.
+async fn apply_retention(job: &FlinkJob, ctx: &Context) -> Result<()> {
+    let conf = &job.spec.flink_configuration;
+    let storage = job
+        .spec
+        .checkpointing
+        .as_ref()
+        .and_then(|c| c.storage.as_deref());
+    let job_id = job.status.as_ref().and_then(|s| s.job_id.as_deref());
+    let (Ok(retention::Retention::Delete), Some(storage), Some(job_id)) =
+        (retention::retention(conf), storage, job_id)
+    else {
+        return Ok(());
+    };
+    let n = retention::delete_checkpoints(storage.trim_end_matches('/'), conf, job_id).await?;
+    ctx.event(
+        job,
+        EventType::Normal,
+        "CheckpointsDeleted",
+        format!(
+            "{n} checkpoints of job {job_id} deleted ({})",
+            retention::RETENTION_KEY
+        ),
+    )
+    .await;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -1114,15 +1143,21 @@ async fn session_rest(
     Ok(Some((rest, Arc::new(session))))
 }
 
-fn submit_request(job: &FlinkJob, savepoint: Option<String>) -> SubmitRequest {
+fn submit_request(job: &FlinkJob, savepoint: Option<String>, job_id: String) -> SubmitRequest {
     SubmitRequest {
         entry: job.spec.job.entry.clone(),
         args: job.spec.job.args.clone(),
         parallelism: job.spec.job.parallelism.map(|p| p as usize),
         savepoint_path: savepoint,
         allow_non_restored_state: job.spec.job.allow_non_restored_state,
-        job_id: None,
+        job_id: Some(job_id),
     }
+}
+
+/// The id this FlinkJob's current generation runs under in its session.
+fn session_job_id(job: &FlinkJob) -> String {
+    let uid = job.uid().unwrap_or_else(|| key_of(job));
+    lifecycle::session_job_id(&uid, job.metadata.generation.unwrap_or(0))
 }
 
 async fn apply_session_job(job: &FlinkJob, ctx: &Context) -> Result<Action> {
@@ -1367,7 +1402,21 @@ async fn submit_session_job(
     savepoint: Option<String>,
     reason: &str,
 ) -> Result<Action> {
-    match rest.submit(&submit_request(job, savepoint.clone())).await {
+    // A job the session already has under this generation's id was
+    // submitted before (the answer or the status write got lost): adopt it
+    // instead of running it twice.
+    let job_id = session_job_id(job);
+    let submitted = match rest.job(&job_id).await {
+        Ok(_) => {
+            tracing::info!(job_id, "the session already runs this submission");
+            Ok(job_id)
+        }
+        Err(_) => {
+            rest.submit(&submit_request(job, savepoint.clone(), job_id))
+                .await
+        }
+    };
+    match submitted {
         Ok(job_id) => {
             status.job_id = Some(job_id.clone());
             status.job_state = None;
@@ -1401,20 +1450,20 @@ async fn submit_session_job(
 }
 
 async fn cleanup_session_job(job: &FlinkJob, ctx: &Context) -> Result<()> {
-    let Some(job_id) = job.status.as_ref().and_then(|s| s.job_id.clone()) else {
+    let status = job.status.clone().unwrap_or_default();
+    if matches!(
+        status.job_state.as_deref(),
+        Some("FINISHED" | "FAILED" | "CANCELED")
+    ) {
         return Ok(());
-    };
+    }
+    // Without a recorded id the job may still have been submitted (its
+    // status write lost): cancel the current generation's id if it runs.
+    let recorded = status.job_id.is_some();
+    let job_id = status.job_id.unwrap_or_else(|| session_job_id(job));
     match session_rest(ctx, job).await? {
-        Some((rest, _)) => {
-            if let Err(e) = rest.cancel(&job_id).await {
-                ctx.event(
-                    job,
-                    EventType::Warning,
-                    "CancelFailed",
-                    format!("cancelling job {job_id}: {e}"),
-                )
-                .await;
-            } else {
+        Some((rest, _)) => match rest.cancel(&job_id).await {
+            Ok(()) => {
                 ctx.event(
                     job,
                     EventType::Normal,
@@ -1423,7 +1472,17 @@ async fn cleanup_session_job(job: &FlinkJob, ctx: &Context) -> Result<()> {
                 )
                 .await;
             }
-        }
+            Err(e) if recorded => {
+                ctx.event(
+                    job,
+                    EventType::Warning,
+                    "CancelFailed",
+                    format!("cancelling job {job_id}: {e}"),
+                )
+                .await;
+            }
+            Err(e) => tracing::debug!(job_id, error = %e, "no job was submitted"),
+        },
         None => tracing::info!(job_id, "session gone; nothing to cancel"),
     }
     Ok(())
@@ -1532,13 +1591,13 @@ async fn apply_session(s: &FlinkSession, ctx: &Context) -> Result<Action> {
     let ha = cluster.high_availability.enabled;
     let (rest, leader) = rest_for(ctx, s, &names, ha).await?;
     status.job_manager_leader = leader;
-    let min = s
-        .spec
-        .task_manager
-        .as_ref()
-        .and_then(|t| t.min_task_managers)
-        .unwrap_or(0);
-    status.task_managers = Some(task_managers(ctx, &names, min).await?);
+    let tm = s.spec.task_manager.clone().unwrap_or_default();
+    let mut desired = config::session_task_managers(
+        0,
+        cluster.slots(),
+        tm.min_task_managers,
+        tm.max_task_managers,
+    );
     match rest.jobs().await {
         Ok(jobs) => {
             let running = jobs
@@ -1546,6 +1605,20 @@ async fn apply_session(s: &FlinkSession, ctx: &Context) -> Result<Action> {
                 .filter(|j| j.state == JobStatus::Running)
                 .count();
             status.jobs_running = Some(u32::try_from(running).unwrap_or(u32::MAX));
+            // Slots the unfinished jobs hold or wait for.
+            let mut wanted = 0u32;
+            for j in jobs.iter().filter(|j| !j.state.is_terminal()) {
+                if let Ok(d) = rest.job(&j.jid).await {
+                    wanted =
+                        wanted.saturating_add(u32::try_from(d.parallelism).unwrap_or(u32::MAX));
+                }
+            }
+            desired = config::session_task_managers(
+                wanted,
+                cluster.slots(),
+                tm.min_task_managers,
+                tm.max_task_managers,
+            );
             if status.lifecycle_state != Some(LifecycleState::Stable) {
                 status.lifecycle_state = Some(LifecycleState::Stable);
                 ctx.event(
@@ -1565,6 +1638,7 @@ async fn apply_session(s: &FlinkSession, ctx: &Context) -> Result<Action> {
             }
         }
     }
+    status.task_managers = Some(task_managers(ctx, &names, desired).await?);
     let ok = status.lifecycle_state == Some(LifecycleState::Stable);
     let state = status
         .lifecycle_state

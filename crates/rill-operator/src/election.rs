@@ -124,6 +124,37 @@ pub fn decide(
     }
 }
 
+/// The election rule for a contender that does not lead yet (a process
+/// that has just started): like [`decide`], except that a record naming
+/// `me` is not renewed. It was written by an earlier process with the same
+/// identity (a container restarted in place keeps its pod name), so it is
+/// treated like anyone else's: followed until it expires, then taken over
+/// as a new leadership. Otherwise a leader that crashes and restarts within
+/// its lease would skip the election and keep the leadership from the
+/// standbys, however often it crashed.
+pub fn decide_as_contender(
+    current: Option<&LeaderRecord>,
+    me: &str,
+    now: Timestamp,
+    lease_duration: Duration,
+) -> Decision {
+    match current {
+        Some(r) if r.holder_identity == me => {
+            let mut predecessor = r.clone();
+            predecessor.holder_identity.clear();
+            if r.is_valid_at(now) {
+                Decision::Follow {
+                    holder: r.holder_identity.clone(),
+                    expires_at: r.expires_at(),
+                }
+            } else {
+                decide(Some(&predecessor), me, now, lease_duration)
+            }
+        }
+        other => decide(other, me, now, lease_duration),
+    }
+}
+
 /// Whether a leader whose last successful renewal *started* at
 /// `last_renew_started` must give up at `now` (it could not renew within
 /// `renew_deadline`).
@@ -276,6 +307,38 @@ mod tests {
             panic!("expected acquire")
         };
         assert_eq!(n.leader_transitions, 3);
+    }
+
+    #[test]
+    fn a_restarted_contender_waits_out_its_predecessors_lease() {
+        let r = decide(None, "jm-0", at(0), LEASE)
+            .record()
+            .cloned()
+            .expect("record");
+        for t in [0, 1, 14] {
+            match decide_as_contender(Some(&r), "jm-0", at(t), LEASE) {
+                Decision::Follow { holder, expires_at } => {
+                    assert_eq!(holder, "jm-0");
+                    assert_eq!(expires_at, Some(at(15)));
+                }
+                other => panic!("t={t}: expected follow, got {other:?}"),
+            }
+        }
+        let Decision::Acquire(n) = decide_as_contender(Some(&r), "jm-0", at(15), LEASE) else {
+            panic!("expected a new leadership at expiry")
+        };
+        assert_eq!(n.holder_identity, "jm-0");
+        assert_eq!(n.leader_transitions, 1);
+        assert_eq!(n.acquire_time, at(15).to_string());
+        // Anyone else's record, or none, is decided as usual.
+        assert_eq!(
+            decide_as_contender(Some(&r), "jm-1", at(3), LEASE),
+            decide(Some(&r), "jm-1", at(3), LEASE)
+        );
+        assert_eq!(
+            decide_as_contender(None, "jm-1", at(3), LEASE),
+            decide(None, "jm-1", at(3), LEASE)
+        );
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub enum Error {
     /// A finalizer step (add, cleanup, remove) failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// Reading or deleting checkpoints in their storage failed.
+    #[error("checkpoint storage: {0}")]
+    Checkpoint(#[from] rill_checkpoint::CheckpointError),
     /// Internal plumbing failed (a runtime could not start, a task died).
     #[error("internal: {0}")]
     Internal(String),
@@ -57,6 +60,7 @@ impl Error {
             Error::Io { .. } => "io",
             Error::NotLeader(_) => "not_leader",
             Error::Finalizer(_) => "finalizer",
+            Error::Checkpoint(_) => "checkpoint_storage",
             Error::Internal(_) => "internal",
         }
     }

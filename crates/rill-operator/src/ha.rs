@@ -46,7 +46,9 @@ use crate::config::{
     duration_key, namespace_of, required_key, KEY_CLUSTER_ID, KEY_LEASE_DURATION,
     KEY_RENEW_DEADLINE, KEY_RETRY_PERIOD,
 };
-use crate::election::{decide, must_step_down, Decision, ElectionTiming, LeaderRecord};
+use crate::election::{
+    decide, decide_as_contender, must_step_down, Decision, ElectionTiming, LeaderRecord,
+};
 use crate::{Error, Result};
 
 /// The leader annotation (client-go and Flink use the same key).
@@ -165,16 +167,24 @@ impl Store {
             .and_then(|v| serde_json::from_str(v).ok())
     }
 
-    /// One election step: read, decide, write with the read version. A
-    /// renewal (`address` is `None`) never re-creates a deleted ConfigMap:
-    /// its deletion means the cluster's HA data was removed on purpose.
+    /// One election step: read, decide, write with the read version.
+    /// `address` is `Some` while contending and `None` when renewing. A
+    /// contender never renews a record naming its identity (see
+    /// [`decide_as_contender`]); a renewal never re-creates a deleted
+    /// ConfigMap: its deletion means the cluster's HA data was removed on
+    /// purpose.
     async fn attempt(&self, me: &str, address: Option<&LeaderAddress>) -> Result<Attempt> {
         let current = self.get().await?;
         if current.is_none() && address.is_none() {
             return Ok(Attempt::Following(String::new()));
         }
         let record = current.as_ref().and_then(Self::record_of);
-        let decision = decide(
+        let rule = if address.is_some() {
+            decide_as_contender
+        } else {
+            decide
+        };
+        let decision = rule(
             record.as_ref(),
             me,
             Timestamp::now(),

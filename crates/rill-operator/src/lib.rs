@@ -28,6 +28,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod operator;
 pub mod rest;
+pub mod retention;
 pub mod workers;
 
 use std::path::{Path, PathBuf};

@@ -78,9 +78,53 @@ pub fn next_action(spec: &FlinkJobSpec, status: Option<&FlinkJobStatus>) -> Acti
     Action::Observe
 }
 
+/// The job id a FlinkJob in a session is submitted under: 32 hex digits
+/// derived from the object's uid and the generation being deployed. The
+/// same submission repeated (its answer or the status write was lost) has
+/// the same id, which the JobManager runs only once; an upgrade or resume
+/// (a new generation) gets a new one.
+pub fn session_job_id(uid: &str, generation: i64) -> String {
+    // FNV-1a, twice with different offsets: stable across builds and
+    // operator versions, unlike std's hasher.
+    fn fnv(offset: u64, bytes: &[u8]) -> u64 {
+        bytes.iter().fold(offset, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    }
+    let key = format!("{uid}/{generation}");
+    format!(
+        "{:016x}{:016x}",
+        fnv(0xcbf2_9ce4_8422_2325, key.as_bytes()),
+        fnv(0x6c62_272e_07bb_0142, key.as_bytes())
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_job_ids_are_stable_per_generation() {
+        let id = session_job_id("0b5d6a8e-1f2c-4c1e-9a57-3f0e2d1c4b6a", 1);
+        assert_eq!(id.len(), 32);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(
+            id,
+            session_job_id("0b5d6a8e-1f2c-4c1e-9a57-3f0e2d1c4b6a", 1),
+            "a repeated submission has the same id"
+        );
+        assert_ne!(
+            id,
+            session_job_id("0b5d6a8e-1f2c-4c1e-9a57-3f0e2d1c4b6a", 2),
+            "a new generation gets a new id"
+        );
+        assert_ne!(
+            id,
+            session_job_id("7e1f0c2d-0000-4c1e-9a57-3f0e2d1c4b6a", 1),
+            "another object gets another id"
+        );
+        assert_ne!(session_job_id("a", 11), session_job_id("a1", 1));
+    }
     use crate::crd::{JobSpec, PendingSavepoint, SavepointStatus};
 
     fn spec() -> FlinkJobSpec {
