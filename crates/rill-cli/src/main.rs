@@ -13,10 +13,13 @@ use rill::runtime::cluster::services::{HighAvailability, StandaloneHa, WorkerPro
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("operator") => exit_with(
-            rill_operator::OperatorOptions::from_args(args[2..].iter().cloned())
-                .and_then(rill_operator::run_operator),
-        ),
+        Some("operator") => {
+            rill::cli::init_logging(false);
+            exit_with(
+                rill_operator::OperatorOptions::from_args(args[2..].iter().cloned())
+                    .and_then(rill_operator::run_operator),
+            )
+        }
         Some("crdgen") => {
             let dir = args.get(2).map_or("crds", String::as_str);
             exit_with(

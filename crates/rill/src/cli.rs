@@ -244,7 +244,9 @@ fn configuration(
     Ok(config)
 }
 
-fn init_logging(json: bool) {
+/// Logs to stderr, filtered by `RUST_LOG` (default `warn`); JSON lines
+/// with `json`. Every `rill` command sets it up once, before anything runs.
+pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
