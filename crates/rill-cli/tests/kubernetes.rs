@@ -45,14 +45,17 @@ fn a_flinkjob_survives_deleted_taskmanager_and_operator_pods_with_exactly_once_o
         installed.elapsed().as_secs_f64()
     );
 
-    // An application-mode FlinkJob: 60 000 records at 2 000/s.
+    // An application-mode FlinkJob: 60 000 records at 2 000/s; its
+    // checkpoints go when the FlinkJob does.
     let applied = Instant::now();
     kube.apply(&flinkjob(
         NAME,
         &job.args(&out_dir, 2000),
         2,
         &checkpoints,
-        json!({}),
+        json!({"flinkConfiguration": {
+            "execution.checkpointing.externalized-checkpoint-retention": "DELETE_ON_CANCELLATION"
+        }}),
     ));
     let rest = rest_address(&kube, NAME);
     let tms = kube.wait("2 Ready TaskManager pods", Duration::from_secs(60), || {
@@ -359,8 +362,22 @@ fn a_flinkjob_survives_deleted_taskmanager_and_operator_pods_with_exactly_once_o
         "after deleting a TaskManager pod and the operator",
     );
 
-    // 7. Deleting the FlinkJob removes the cluster.
+    // 7. Deleting the FlinkJob removes the cluster and, as configured, its
+    // checkpoints.
+    assert!(complete_checkpoints(&checkpoints, JOB) >= 1);
     delete_and_check_cleanup(&kube, "fj", NAME);
+    let left: Vec<String> = std::fs::read_dir(checkpoints.join(JOB))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("chk-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "checkpoints left after DELETE_ON_CANCELLATION: {left:?}"
+    );
     kube.wait(
         "no JobManager or TaskManager processes left",
         Duration::from_secs(30),

@@ -180,8 +180,17 @@ impl Kube {
     pub fn diagnostics(&self) -> String {
         let run = |args: &[&str]| self.try_run(args).unwrap_or_else(|e| e);
         format!(
-            "--- kubectl get pods -A -o wide\n{}\n--- operator logs\n{}\n--- JobManager logs\n{}\n--- TaskManager logs\n{}\n--- kubectl get fj,fs\n{}\n--- status\n{}",
+            "--- kubectl get pods -A -o wide\n{}\n--- operator logs (previous container)\n{}\n--- operator logs\n{}\n--- JobManager logs\n{}\n--- TaskManager logs\n{}\n--- kubectl get fj,fs\n{}\n--- status\n{}",
             run(&["get", "pods", "-A", "-o", "wide"]),
+            run(&[
+                "logs",
+                "-n",
+                OPERATOR_NS,
+                "-l",
+                "app.kubernetes.io/name=rill-operator",
+                "--previous",
+                "--tail=40"
+            ]),
             run(&[
                 "logs",
                 "-n",
