@@ -19,7 +19,8 @@
 //!   CRDs, and every CRD's custom resources (`status`, `scale` when declared,
 //!   `additionalPrinterColumns` in `kubectl get` tables);
 //! - JSON request bodies everywhere, plus protobuf bodies for the kinds
-//!   `kubectl create namespace|configmap|secret|serviceaccount` sends;
+//!   `kubectl create namespace|configmap|secret|serviceaccount` sends and
+//!   for `DeleteOptions` (typed client-go clients such as Helm's);
 //! - a Deployment controller ([`deployment`]) that keeps pod objects.
 //!
 //! Known differences from a real API server: no authentication or

@@ -84,11 +84,20 @@ fn next_block() -> u8 {
     (20 + (start + n) % 200) as u8
 }
 
+/// Addresses in use, and where the search for the next one starts.
+#[derive(Debug, Default)]
+struct Addresses {
+    used: HashSet<Ipv4Addr>,
+    next: u32,
+}
+
 /// A pod's network namespace (namespace mode).
 #[derive(Debug)]
 pub struct PodNetns {
     /// Name under `/run/netns`.
     pub name: String,
+    /// The host end of the pod's veth pair, on the bridge.
+    pub host_if: String,
 }
 
 impl PodNetns {
@@ -104,8 +113,8 @@ pub struct Network {
     mode: NetworkMode,
     block: u8,
     bridge: Option<String>,
-    pods: Mutex<HashSet<Ipv4Addr>>,
-    services: Mutex<HashSet<Ipv4Addr>>,
+    pods: Mutex<Addresses>,
+    services: Mutex<Addresses>,
     netns_seq: AtomicU32,
     torn_down: AtomicBool,
 }
@@ -139,8 +148,8 @@ impl Network {
             mode,
             block,
             bridge,
-            pods: Mutex::new(HashSet::new()),
-            services: Mutex::new(HashSet::new()),
+            pods: Mutex::new(Addresses::default()),
+            services: Mutex::new(Addresses::default()),
             netns_seq: AtomicU32::new(0),
             torn_down: AtomicBool::new(false),
         })
@@ -171,18 +180,33 @@ impl Network {
         }
     }
 
-    fn take(&self, set: &Mutex<HashSet<Ipv4Addr>>, high: bool) -> Result<Ipv4Addr> {
-        let mut used = set.lock().unwrap_or_else(|e| e.into_inner());
-        let range = if high { 128u8..=254 } else { 0u8..=127 };
-        for x in range {
-            for y in 1u8..=254 {
-                if !high && x == 0 && y == 1 {
-                    continue; // the gateway
-                }
-                let a = Ipv4Addr::new(self.first_octet(), self.block, x, y);
-                if used.insert(a) {
-                    return Ok(a);
-                }
+    /// The next free address after the last one handed out, wrapping
+    /// around, as the host-local IPAM plugin does: an address just
+    /// released is reused last, so peers' ARP caches and connections that
+    /// still point at a deleted pod never reach its successor.
+    fn take(&self, set: &Mutex<Addresses>, high: bool) -> Result<Ipv4Addr> {
+        let mut set = set.lock().unwrap_or_else(|e| e.into_inner());
+        // Addresses 10.<block>.x.y with y in 1..=254: pods take x in
+        // 0..=127 (10.<block>.0.1 is the gateway), ClusterIPs 128..=254.
+        let (first_x, count) = if high { (128u32, 127u32) } else { (0, 128) };
+        let at = |i: u32| {
+            Ipv4Addr::new(
+                self.first_octet(),
+                self.block,
+                (first_x + i / 254) as u8,
+                (1 + i % 254) as u8,
+            )
+        };
+        let size = count * 254;
+        let start = set.next % size;
+        for i in (0..size).map(|i| (start + i) % size) {
+            let a = at(i);
+            if a == Ipv4Addr::new(self.first_octet(), self.block, 0, 1) {
+                continue;
+            }
+            if set.used.insert(a) {
+                set.next = i + 1;
+                return Ok(a);
             }
         }
         Err(Error::Internal("address range exhausted".into()))
@@ -198,6 +222,7 @@ impl Network {
         self.pods
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .used
             .remove(&a);
     }
 
@@ -213,6 +238,7 @@ impl Network {
         self.services
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .used
             .insert(a);
         if let Some(bridge) = &self.bridge {
             let _ = ip(&["addr", "add", &format!("{a}/32"), "dev", bridge]);
@@ -240,7 +266,10 @@ impl Network {
         let name = format!("ksim{}-{n}", self.block);
         let host_if = format!("ks{}v{n}", self.block);
         ip(&["netns", "add", &name])?;
-        let ns = PodNetns { name };
+        let ns = PodNetns {
+            name,
+            host_if: host_if.clone(),
+        };
         let gw = Ipv4Addr::new(10, self.block, 0, 1).to_string();
         let cidr = format!("{ip_addr}/16");
         let steps: [Vec<&str>; 7] = [
@@ -263,8 +292,21 @@ impl Network {
         Ok(Some(ns))
     }
 
-    /// Remove a pod's namespace (its veth pair goes with it).
+    /// Remove a pod's veth pair and namespace.
+    ///
+    /// The pair goes first and explicitly: the namespace itself lives on
+    /// while anything still refers to it (a closed TCP connection still
+    /// retransmitting to a peer that is gone, say), and with it the pod's
+    /// address on the bridge, answering ARP beside the pod that gets it next.
     pub fn delete_netns(&self, ns: &PodNetns) {
+        if std::path::Path::new("/sys/class/net")
+            .join(&ns.host_if)
+            .exists()
+        {
+            if let Err(e) = ip(&["link", "del", &ns.host_if]) {
+                tracing::warn!(link = %ns.host_if, error = %e, "removing pod veth pair");
+            }
+        }
         if let Err(e) = ip(&["netns", "del", &ns.name]) {
             tracing::warn!(netns = %ns.name, error = %e, "removing pod network namespace");
         }
@@ -307,6 +349,9 @@ mod tests {
         assert_ne!(s1, p1);
         assert!(p1.is_loopback() && s1.is_loopback());
         a.release_pod_ip(p1);
+        // A released address comes back only after the rest of the range.
+        let p3 = a.allocate_pod_ip().unwrap();
+        assert_ne!(p3, p1);
         assert!(a.serves_service_ip(IpAddr::V4(s1)));
         assert!("namespace".parse::<NetworkMode>().is_ok());
         assert!("bogus".parse::<NetworkMode>().is_err());

@@ -5,6 +5,9 @@
 //! to JSON, so kube-sim reads those four kinds from protobuf into the same
 //! JSON it stores. Other kinds answer 415 Unsupported Media Type. Only the
 //! fields those commands set are read; everything else is skipped.
+//!
+//! Typed client-go clients (Helm's release storage among them) also send
+//! the `DeleteOptions` of a delete as protobuf; those are read in full.
 
 use serde_json::{json, Map, Value};
 
@@ -198,6 +201,10 @@ pub fn decode(body: &[u8]) -> Result<Value> {
     let mut obj = Map::new();
     obj.insert("apiVersion".into(), Value::String(api_version.clone()));
     obj.insert("kind".into(), Value::String(kind.clone()));
+    if kind == "DeleteOptions" {
+        delete_options(&mut obj, raw)?;
+        return Ok(Value::Object(obj));
+    }
     let supported = api_version == "v1"
         && matches!(
             kind.as_str(),
@@ -239,6 +246,44 @@ pub fn decode(body: &[u8]) -> Result<Value> {
         }
     }
     Ok(Value::Object(obj))
+}
+
+/// `meta.k8s.io/v1` DeleteOptions: gracePeriodSeconds = 1, preconditions
+/// = 2 (uid = 1, resourceVersion = 2), orphanDependents = 3,
+/// propagationPolicy = 4, dryRun = 5.
+fn delete_options(obj: &mut Map<String, Value>, raw: &[u8]) -> Result<()> {
+    for (n, f) in fields(raw)? {
+        match (n, f) {
+            // int64 travels as a two's-complement varint.
+            (1, Field::Varint(v)) => {
+                obj.insert("gracePeriodSeconds".into(), json!(v as i64));
+            }
+            (2, Field::Bytes(v)) => {
+                let mut pre = Map::new();
+                for (n, f) in fields(v)? {
+                    match (n, f) {
+                        (1, Field::Bytes(u)) => {
+                            pre.insert("uid".into(), Value::String(text(u)?));
+                        }
+                        (2, Field::Bytes(r)) => {
+                            pre.insert("resourceVersion".into(), Value::String(text(r)?));
+                        }
+                        _ => {}
+                    }
+                }
+                obj.insert("preconditions".into(), Value::Object(pre));
+            }
+            (3, Field::Varint(b)) => {
+                obj.insert("orphanDependents".into(), Value::Bool(b != 0));
+            }
+            (4, Field::Bytes(v)) => {
+                obj.insert("propagationPolicy".into(), Value::String(text(v)?));
+            }
+            (5, Field::Bytes(v)) => push_string(obj, "dryRun", v)?,
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -314,6 +359,25 @@ mod tests {
         assert_eq!(decode(&envelope("Pod", &raw)).unwrap_err().code(), 415);
         assert_eq!(decode(b"k8s\0\x0a\xff").unwrap_err().code(), 400);
         assert_eq!(decode(b"nope").unwrap_err().code(), 400);
+    }
+
+    #[test]
+    fn decodes_delete_options() {
+        let mut pre = Vec::new();
+        bytes_field(1, b"uid-1", &mut pre);
+        let mut raw = Vec::new();
+        varint(1 << 3, &mut raw);
+        varint(30, &mut raw);
+        bytes_field(2, &pre, &mut raw);
+        bytes_field(4, b"Foreground", &mut raw);
+        bytes_field(5, b"All", &mut raw);
+        let v = decode(&envelope("DeleteOptions", &raw)).unwrap();
+        assert_eq!(v["gracePeriodSeconds"], 30);
+        assert_eq!(v["preconditions"], json!({"uid": "uid-1"}));
+        assert_eq!(v["propagationPolicy"], "Foreground");
+        assert_eq!(v["dryRun"], json!(["All"]));
+        let empty = decode(&envelope("DeleteOptions", &[])).unwrap();
+        assert!(empty.get("propagationPolicy").is_none());
     }
 
     #[test]

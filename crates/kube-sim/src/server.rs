@@ -83,14 +83,26 @@ pub(crate) async fn handle(
 ) -> Response {
     state.requests.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%method, %uri, "request");
-    match route(&state, &method, &uri, &headers, body).await {
+    let started = std::time::Instant::now();
+    let response = match route(&state, &method, &uri, &headers, body).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(%method, %uri, code = e.code(), error = %e, "request failed");
             error_response(&e)
         }
+    };
+    // A watch answers at once and streams afterwards, so this is the time
+    // to the response head for every request.
+    let took = started.elapsed();
+    if took > SLOW_REQUEST {
+        tracing::warn!(%method, %uri, millis = took.as_millis() as u64, "slow request");
     }
+    response
 }
+
+/// Requests slower than this are logged: clients' leader election renews
+/// within seconds.
+const SLOW_REQUEST: std::time::Duration = std::time::Duration::from_millis(500);
 
 async fn route(
     state: &Arc<AppState>,
@@ -462,6 +474,8 @@ fn list(store: &Store, t: &Target<'_>, q: &Query, tm: Option<TableMode>) -> Resu
 fn delete_options(q: &Query, body: &[u8]) -> Result<DeleteOptions> {
     let body: Value = if body.is_empty() {
         Value::Null
+    } else if body.starts_with(crate::protobuf::MAGIC) {
+        crate::protobuf::decode(body)?
     } else {
         serde_json::from_slice(body)
             .map_err(|e| Error::BadRequest(format!("error decoding DeleteOptions: {e}")))?
