@@ -315,15 +315,26 @@ where
     }
 }
 
-/// Removes the JobManager Deployment (TaskManager pods go with it) and
-/// waits, bounded, for JobManager pods to disappear. Returns whether they
-/// did.
+/// Removes the JobManager Deployment and the TaskManager pods, and waits,
+/// bounded, for all of the cluster's pods to disappear. Returns whether
+/// they did.
+///
+/// TaskManager pods are owned by the Deployment, but garbage collection
+/// takes its time: a new JobManager started while they linger would adopt
+/// them (it finds its workers by label) and a TaskManager of the old
+/// cluster could register with it. So they are deleted here and waited for.
 async fn stop_cluster(ctx: &Context, names: &Names) -> Result<bool> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &names.namespace);
     delete_ignoring_missing(&deployments, &names.deployment()).await?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    let lp =
-        ListParams::default().labels(&format!("app={},component=jobmanager", names.cluster_id));
+    let workers =
+        ListParams::default().labels(&format!("app={},component=taskmanager", names.cluster_id));
+    pods.delete_collection(&DeleteParams::default(), &workers)
+        .await?;
+    let lp = ListParams::default().labels(&format!(
+        "app={},component in (jobmanager,taskmanager)",
+        names.cluster_id
+    ));
     let deadline = tokio::time::Instant::now() + ctx.options.cleanup_wait;
     loop {
         let left = pods.list(&lp).await?.items;
@@ -1030,6 +1041,11 @@ async fn continue_savepoint(
                 format!("savepoint at {location}"),
             )
             .await;
+            // Recorded before the cluster goes: if the redeploy or suspend
+            // below has to be retried, the old JobManager (the only one
+            // that knew this request) may be gone, and the retry starts
+            // from `lastSavepoint` instead.
+            finish_job(ctx, job, status.clone()).await?;
             match pending.reason.as_str() {
                 "upgrade" => {
                     redeploy(

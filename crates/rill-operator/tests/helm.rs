@@ -110,7 +110,14 @@ fn the_chart_lints_and_renders_least_privilege_rbac() {
     );
     assert_eq!(
         verbs_for(all, "ClusterRole", "", "pods"),
-        set(&["get", "list", "watch", "create", "delete"])
+        set(&[
+            "get",
+            "list",
+            "watch",
+            "create",
+            "delete",
+            "deletecollection"
+        ])
     );
     assert_eq!(
         verbs_for(all, "ClusterRole", "", "secrets"),
