@@ -59,6 +59,7 @@ impl Kube {
             NetworkMode::Loopback
         };
         eprintln!("network mode: {network:?}");
+        rill::cli::init_logging(false);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(4)
             .enable_all()
@@ -91,6 +92,33 @@ impl Kube {
 
     pub fn sim(&self) -> &KubeSim {
         self.sim.as_ref().expect("kube-sim runs")
+    }
+
+    /// Runs `helm <action>` (install or uninstall) of `charts/rill-operator`
+    /// against this cluster through Helm's library (see
+    /// `crates/rill-operator/tests/helm_chart.py`); `Ok` carries the
+    /// release summary, `Err` Helm's error.
+    pub fn helm(&self, action: &str, values: &Value) -> Result<Value, String> {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../rill-operator/tests/helm_chart.py"
+        );
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let out = Command::new(&python)
+            .arg(script)
+            .arg(action)
+            .arg(&self.kubeconfig)
+            .arg(values.to_string())
+            .output()
+            .unwrap_or_else(|e| panic!("running {python} {script}: {e}"));
+        match out.status.code() {
+            Some(0) => Ok(serde_json::from_slice(&out.stdout).expect("helm_chart.py prints JSON")),
+            Some(1) => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+            code => panic!(
+                "helm_chart.py {action} exited {code:?}; helm-python-sdk must be installable with pip:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
@@ -180,7 +208,14 @@ impl Kube {
     pub fn diagnostics(&self) -> String {
         let run = |args: &[&str]| self.try_run(args).unwrap_or_else(|e| e);
         format!(
-            "--- kubectl get pods -A -o wide\n{}\n--- operator logs (previous container)\n{}\n--- operator logs\n{}\n--- JobManager logs\n{}\n--- TaskManager logs\n{}\n--- kubectl get fj,fs\n{}\n--- status\n{}",
+            "--- kubectl get fj,fs\n{}\n--- status\n{}\n--- kubectl get pods -A -o wide\n{}\n--- operator logs (previous container)\n{}\n--- operator logs\n{}\n--- JobManager logs\n{}\n--- TaskManager logs\n{}",
+            run(&["get", "fj,fs"]),
+            run(&[
+                "get",
+                "fj,fs",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name}: {.status}{\"\\n\"}{end}"
+            ]),
             run(&["get", "pods", "-A", "-o", "wide"]),
             run(&[
                 "logs",
@@ -201,13 +236,6 @@ impl Kube {
             ]),
             run(&["logs", "-l", "component=jobmanager", "--tail=60"]),
             run(&["logs", "-l", "component=taskmanager", "--tail=20"]),
-            run(&["get", "fj,fs"]),
-            run(&[
-                "get",
-                "fj,fs",
-                "-o",
-                "jsonpath={range .items[*]}{.metadata.name}: {.status}{\"\\n\"}{end}"
-            ]),
         )
     }
 
