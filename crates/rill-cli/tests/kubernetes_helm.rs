@@ -9,9 +9,10 @@
 //! `helm uninstall` removes the operator while the CRDs (Helm never deletes
 //! what it installed from `crds/`) and so the users' resources stay.
 //!
-//! Like `helm install` without `--wait`: kube-sim has no ReplicaSets, which
-//! Helm's readiness wait for Deployments reads, so readiness is checked here
-//! with `kubectl` instead.
+//! Like `helm install` without `--wait`: Helm's legacy readiness wait for
+//! Deployments reads ReplicaSets, which kube-sim does not have, and its
+//! watcher-based wait never reports the Deployment ready there, so
+//! readiness is checked with `kubectl` instead.
 
 mod kube;
 mod support;
@@ -28,7 +29,7 @@ const NAME: &str = "wsum-helm";
 fn the_helm_chart_installs_an_operator_that_runs_a_flinkjob_and_uninstalls_cleanly() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    let job = WindowedSum::prepare(dir, 30_000, 11);
+    let job = WindowedSum::prepare(dir, 60_000, 11);
     let out_dir = dir.join("out");
     let checkpoints = dir.join("checkpoints");
     let kube = Kube::start(dir, Duration::from_secs(240));
@@ -98,11 +99,12 @@ fn the_helm_chart_installs_an_operator_that_runs_a_flinkjob_and_uninstalls_clean
     );
     assert_eq!(kube.operator_ready(Duration::from_secs(10)), operator);
 
-    // 3. A FlinkJob runs to the end with the uninterrupted output.
+    // 3. A FlinkJob (60 000 records at 2 000/s, so it is seen RUNNING)
+    // runs to the end with the uninterrupted output.
     let applied = Instant::now();
     kube.apply(&flinkjob(
         NAME,
-        &job.args(&out_dir, 3000),
+        &job.args(&out_dir, 2000),
         2,
         &checkpoints,
         json!({}),
