@@ -283,6 +283,16 @@ impl PodWorker {
         }
     }
 
+    /// Write `/etc/hosts` whatever was written before: the kubelet's sync
+    /// loop may have refreshed it before the pod's directory was set up.
+    fn write_hosts(&self, services: &[ServiceView]) -> std::io::Result<()> {
+        let text = spec::hosts_file(&self.ns, &self.ip.to_string(), &self.name, services);
+        let mut cur = lock(&self.hosts);
+        std::fs::write(self.hosts_path(), &text)?;
+        *cur = text;
+        Ok(())
+    }
+
     fn update(&self, i: usize, f: impl FnOnce(&mut ContainerState)) {
         f(&mut lock(&self.containers)[i]);
         self.changed.notify_one();
@@ -476,7 +486,6 @@ fn setup(k: &Kubelet, w: &PodWorker, pod: &Value) -> Result<PodEnv> {
     } else {
         None
     };
-    std::fs::write(w.hosts_path(), "")?;
     if k.net.gateway().is_some() {
         // A pod namespace has no route to the host's resolvers; fail DNS
         // fast so `/etc/hosts` answers are not held up by timeouts.
@@ -488,7 +497,7 @@ fn setup(k: &Kubelet, w: &PodWorker, pod: &Value) -> Result<PodEnv> {
             ),
         )?;
     }
-    w.refresh_hosts(&spec::service_views(&k.store));
+    w.write_hosts(&spec::service_views(&k.store))?;
     let netns = {
         let mut slot = lock(&w.netns);
         if slot.is_none() {
