@@ -1,38 +1,64 @@
-//! A Deployment controller: keeps `spec.replicas` Pod objects from each
-//! Deployment's template and reports the Deployment's status.
+//! The Deployment and ReplicaSet controllers: a Deployment keeps one
+//! ReplicaSet per pod template (named `<deployment>-<template hash>`), the
+//! current one scaled to `spec.replicas` and older ones to zero; a
+//! ReplicaSet keeps `spec.replicas` Pod objects from its template. Both
+//! report status as Kubernetes does.
 //!
-//! Why it exists: Rill's operator and `kubectl wait --for=condition=Available`
-//! expect Deployments to produce pods. The decision of what to create,
-//! delete and report is the pure [`plan`]; [`run`] is a small loop that
-//! re-plans after every store change and writes the result back through the
-//! same store API clients use.
+//! Why it exists: Rill's operator, `kubectl rollout status`, `kubectl wait
+//! --for=condition=Available` and Helm's `--wait` expect Deployments to
+//! produce ReplicaSets and pods. Helm's readiness checks find a Deployment's
+//! newest ReplicaSet by its controller reference and template, so the layer
+//! is kept as Kubernetes has it. The decisions of what to create, scale,
+//! delete and report are the pure [`plan_deployment`] and
+//! [`plan_replica_set`]; [`run`] is a small loop that re-plans after every
+//! store change and writes the result back through the same store API
+//! clients use.
 //!
-//! Simplifications (documented, deliberate): pods are owned directly by the
-//! Deployment (no ReplicaSet layer); a template change replaces all old pods
-//! at once rather than surging; without a kubelet, pods stay `Pending`
-//! unless `mark_pods_ready` is set, in which case they are reported Running
-//! and Ready as soon as they exist.
+//! Simplifications (documented, deliberate): a template change scales the
+//! old ReplicaSets to zero at once rather than surging (as the `Recreate`
+//! strategy does); without a kubelet, pods stay `Pending` unless
+//! `mark_pods_ready` is set, in which case they are reported Running and
+//! Ready as soon as they exist.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::meta;
+use crate::resources::ResourceType;
 use crate::store::{DeleteOptions, Part, Store};
 
 /// The label that ties pods to one template version.
 pub const HASH_LABEL: &str = "pod-template-hash";
 
+/// The annotation numbering a Deployment's ReplicaSets by template.
+pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
+/// Old ReplicaSets a Deployment keeps when `revisionHistoryLimit` is unset.
+const DEFAULT_HISTORY: usize = 10;
+
 /// What one reconcile of a Deployment should do.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Plan {
+pub struct DeploymentPlan {
+    /// The ReplicaSet of the current template, when it does not exist yet.
+    pub create: Option<Value>,
+    /// Existing ReplicaSets whose `spec.replicas` change: (name, replicas).
+    pub scale: Vec<(String, i64)>,
+    /// Names of old, empty ReplicaSets beyond `revisionHistoryLimit`.
+    pub delete: Vec<String>,
+    /// The Deployment's new `status`.
+    pub status: Value,
+}
+
+/// What one reconcile of a ReplicaSet should do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaSetPlan {
     /// Pods to create (complete objects, named by `generateName`).
     pub create: Vec<Value>,
     /// Names of pods to delete.
     pub delete: Vec<String>,
-    /// The Deployment's new `status`.
+    /// The ReplicaSet's new `status`.
     pub status: Value,
 }
 
@@ -177,13 +203,14 @@ fn condition(
     })
 }
 
-/// Whether `deploy` manages `pod`: like Kubernetes, only a pod whose
-/// controller reference (`controller: true`) names the Deployment and whose
-/// labels match its selector. Pods that merely list the Deployment as an
-/// owner (e.g. for garbage collection) are left alone.
-pub fn manages(deploy: &Value, pod: &Value) -> bool {
-    let uid = meta::uid(deploy);
-    let controlled = meta::get_path(pod, &["metadata", "ownerReferences"])
+/// Whether `owner` (a Deployment or ReplicaSet) controls `obj`: like
+/// Kubernetes, only when `obj`'s controller reference (`controller: true`)
+/// names the owner and its labels match the owner's selector. Objects that
+/// merely list the owner (e.g. for garbage collection, as TaskManager pods
+/// list their JobManager's Deployment) are left alone.
+pub fn controls(owner: &Value, obj: &Value) -> bool {
+    let uid = meta::uid(owner);
+    let controlled = meta::get_path(obj, &["metadata", "ownerReferences"])
         .and_then(Value::as_array)
         .is_some_and(|refs| {
             refs.iter().any(|r| {
@@ -192,86 +219,152 @@ pub fn manages(deploy: &Value, pod: &Value) -> bool {
             })
         });
     controlled
-        && meta::get_path(deploy, &["spec", "selector"]).is_some_and(|sel| {
+        && meta::get_path(owner, &["spec", "selector"]).is_some_and(|sel| {
             crate::selector::LabelSelector::parse(&selector_string(sel))
-                .is_ok_and(|s| !s.is_empty() && s.matches(pod))
+                .is_ok_and(|s| !s.is_empty() && s.matches(obj))
         })
 }
 
-/// Decide creations, deletions and status for one Deployment, given all pods
-/// in its namespace.
-pub fn plan(deploy: &Value, pods: &[Arc<Value>], now: &str) -> Plan {
-    let name = meta::name(deploy);
-    let uid = meta::uid(deploy);
-    let replicas = meta::get_path(deploy, &["spec", "replicas"])
+fn replicas_of(obj: &Value) -> i64 {
+    meta::get_path(obj, &["spec", "replicas"])
         .and_then(Value::as_i64)
         .unwrap_or(1)
-        .max(0);
+        .max(0)
+}
+
+fn hash_of(obj: &Value) -> Option<&str> {
+    meta::labels(obj)
+        .into_iter()
+        .find(|(k, _)| *k == HASH_LABEL)
+        .map(|(_, v)| v)
+}
+
+fn revision_of(obj: &Value) -> i64 {
+    meta::get_path(obj, &["metadata", "annotations", REVISION_ANNOTATION])
+        .and_then(Value::as_str)
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+}
+
+fn controller_ref(owner: &Value, kind: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": kind, "name": meta::name(owner),
+        "uid": meta::uid(owner), "controller": true, "blockOwnerDeletion": true,
+    })
+}
+
+/// Pods `owner` controls that are not being deleted.
+fn live_pods<'a>(owner: &Value, pods: &'a [Arc<Value>]) -> Vec<&'a Arc<Value>> {
+    pods.iter()
+        .filter(|p| controls(owner, p) && !meta::is_deleting(p))
+        .collect()
+}
+
+/// The ReplicaSet a Deployment runs `template` (with `hash`) in.
+fn new_replica_set(deploy: &Value, template: &Value, hash: &str, revision: i64) -> Value {
+    let replicas = replicas_of(deploy);
+    let mut template = template.clone();
+    let labels = meta::meta_mut(&mut template)
+        .entry("labels")
+        .or_insert_with(|| json!({}));
+    if let Some(m) = labels.as_object_mut() {
+        m.insert(HASH_LABEL.into(), json!(hash));
+    }
+    let labels = template["metadata"]["labels"].clone();
+    let mut selector = meta::get_path(deploy, &["spec", "selector"])
+        .cloned()
+        .unwrap_or(json!({}));
+    if let Some(m) = selector.as_object_mut() {
+        let ml = m.entry("matchLabels").or_insert_with(|| json!({}));
+        if let Some(ml) = ml.as_object_mut() {
+            ml.insert(HASH_LABEL.into(), json!(hash));
+        }
+    }
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {
+            "name": format!("{}-{hash}", meta::name(deploy)),
+            "namespace": meta::namespace(deploy),
+            "labels": labels,
+            "annotations": {
+                REVISION_ANNOTATION: revision.to_string(),
+                "deployment.kubernetes.io/desired-replicas": replicas.to_string(),
+            },
+            "ownerReferences": [controller_ref(deploy, "Deployment")],
+        },
+        "spec": {"replicas": replicas, "selector": selector, "template": template},
+    })
+}
+
+/// Decide the ReplicaSets and status of one Deployment, given the
+/// ReplicaSets and pods in its namespace.
+pub fn plan_deployment(
+    deploy: &Value,
+    sets: &[Arc<Value>],
+    pods: &[Arc<Value>],
+    now: &str,
+) -> DeploymentPlan {
+    let name = meta::name(deploy);
+    let replicas = replicas_of(deploy);
     let template = meta::get_path(deploy, &["spec", "template"])
         .cloned()
         .unwrap_or(json!({}));
     let hash = template_hash(&template);
-    let owned: Vec<&Arc<Value>> = pods
+    let owned: Vec<&Arc<Value>> = sets
         .iter()
-        .filter(|p| manages(deploy, p) && !meta::is_deleting(p))
+        .filter(|s| controls(deploy, s) && !meta::is_deleting(s))
         .collect();
-    let hash_of = |p: &Value| {
-        meta::labels(p)
-            .into_iter()
-            .find(|(k, _)| *k == HASH_LABEL)
-            .map(|(_, v)| v.to_string())
+    let current = owned.iter().find(|s| hash_of(s) == Some(hash.as_str()));
+    let mut scale = Vec::new();
+    let create = match current {
+        Some(s) if replicas_of(s) != replicas => {
+            scale.push((meta::name(s).to_string(), replicas));
+            None
+        }
+        Some(_) => None,
+        None => {
+            let revision = owned.iter().map(|s| revision_of(s)).max().unwrap_or(0) + 1;
+            Some(new_replica_set(deploy, &template, &hash, revision))
+        }
     };
-    let mut current: Vec<&Arc<Value>> = owned
+    let mut old: Vec<&Arc<Value>> = owned
         .iter()
-        .filter(|p| hash_of(p).as_deref() == Some(hash.as_str()))
+        .filter(|s| hash_of(s) != Some(hash.as_str()))
         .copied()
         .collect();
-    current.sort_by(|a, b| meta::name(a).cmp(meta::name(b)));
-    let mut delete: Vec<String> = owned
-        .iter()
-        .filter(|p| hash_of(p).as_deref() != Some(hash.as_str()))
-        .map(|p| meta::name(p).to_string())
-        .collect();
-    let mut create = Vec::new();
-    let have = current.len() as i64;
-    if have > replicas {
-        for p in current.iter().rev().take((have - replicas) as usize) {
-            delete.push(meta::name(p).to_string());
-        }
-        current.truncate(replicas as usize);
-    } else {
-        let mut labels: Map<String, Value> = meta::get_path(&template, &["metadata", "labels"])
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        labels.insert(HASH_LABEL.into(), json!(hash));
-        let annotations = meta::get_path(&template, &["metadata", "annotations"]).cloned();
-        for _ in have..replicas {
-            let mut metadata = json!({
-                "generateName": format!("{name}-{hash}-"),
-                "labels": labels,
-                "ownerReferences": [{
-                    "apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": uid,
-                    "controller": true, "blockOwnerDeletion": true,
-                }],
-            });
-            if let Some(a) = &annotations {
-                metadata["annotations"] = a.clone();
-            }
-            create.push(json!({
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": metadata,
-                "spec": template.get("spec").cloned().unwrap_or(json!({})),
-            }));
+    for s in &old {
+        if replicas_of(s) != 0 {
+            scale.push((meta::name(s).to_string(), 0));
         }
     }
-    let ready = current.iter().filter(|p| is_ready(p)).count() as i64;
-    let total = owned.len() as i64 - delete.len() as i64 + create.len() as i64;
-    let updated = current.len() as i64 + create.len() as i64;
+    // Old ReplicaSets that are empty go beyond the history limit, oldest first.
+    let limit = meta::get_path(deploy, &["spec", "revisionHistoryLimit"])
+        .and_then(Value::as_u64)
+        .map_or(DEFAULT_HISTORY, |n| n as usize);
+    old.retain(|s| replicas_of(s) == 0 && live_pods(s, pods).is_empty());
+    old.sort_by_key(|s| revision_of(s));
+    let delete = old
+        .iter()
+        .take(old.len().saturating_sub(limit))
+        .map(|s| meta::name(s).to_string())
+        .collect();
+
+    let mut total = 0i64;
+    let mut ready = 0i64;
+    let mut updated = 0i64;
+    for s in &owned {
+        let mine = live_pods(s, pods);
+        total += mine.len() as i64;
+        ready += mine.iter().filter(|p| is_ready(p)).count() as i64;
+        if hash_of(s) == Some(hash.as_str()) {
+            updated += mine.len() as i64;
+        }
+    }
     let prev = deploy.get("status");
     let available_ok = ready >= replicas - max_unavailable(deploy, replicas);
-    let done = updated == replicas && ready == replicas && total == replicas;
+    let done = current.is_some() && updated == replicas && ready == replicas && total == replicas;
+    let new_set = format!("{name}-{hash}");
     let mut status = json!({
         "observedGeneration": meta::get_path(deploy, &["metadata", "generation"]).cloned().unwrap_or(json!(1)),
         "replicas": total,
@@ -285,7 +378,11 @@ pub fn plan(deploy: &Value, pods: &[Arc<Value>], now: &str) -> Plan {
                       now),
             condition(prev, "Progressing", true,
                       if done { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" },
-                      &format!("Pods of \"{name}\" with template {hash} are {}.", if done { "available" } else { "progressing" }),
+                      &if done {
+                          format!("ReplicaSet \"{new_set}\" has successfully progressed.")
+                      } else {
+                          format!("ReplicaSet \"{new_set}\" is progressing.")
+                      },
                       now),
         ],
     });
@@ -299,7 +396,72 @@ pub fn plan(deploy: &Value, pods: &[Arc<Value>], now: &str) -> Plan {
             m.remove("availableReplicas");
         }
     }
-    Plan {
+    DeploymentPlan {
+        create,
+        scale,
+        delete,
+        status,
+    }
+}
+
+/// Decide creations, deletions and status for one ReplicaSet, given all
+/// pods in its namespace. Surplus pods go not-ready first, newest first.
+pub fn plan_replica_set(rs: &Value, pods: &[Arc<Value>]) -> ReplicaSetPlan {
+    let name = meta::name(rs);
+    let replicas = replicas_of(rs);
+    let template = meta::get_path(rs, &["spec", "template"])
+        .cloned()
+        .unwrap_or(json!({}));
+    let mut current = live_pods(rs, pods);
+    current.sort_by(|a, b| {
+        is_ready(b)
+            .cmp(&is_ready(a))
+            .then_with(|| meta::name(a).cmp(meta::name(b)))
+    });
+    let mut create = Vec::new();
+    let mut delete = Vec::new();
+    let have = current.len() as i64;
+    if have > replicas {
+        for p in current.iter().rev().take((have - replicas) as usize) {
+            delete.push(meta::name(p).to_string());
+        }
+        current.truncate(replicas as usize);
+    } else {
+        let labels = meta::get_path(&template, &["metadata", "labels"])
+            .cloned()
+            .unwrap_or(json!({}));
+        let annotations = meta::get_path(&template, &["metadata", "annotations"]).cloned();
+        for _ in have..replicas {
+            let mut metadata = json!({
+                "generateName": format!("{name}-"),
+                "labels": labels,
+                "ownerReferences": [controller_ref(rs, "ReplicaSet")],
+            });
+            if let Some(a) = &annotations {
+                metadata["annotations"] = a.clone();
+            }
+            create.push(json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": metadata,
+                "spec": template.get("spec").cloned().unwrap_or(json!({})),
+            }));
+        }
+    }
+    let count = current.len() as i64;
+    let ready = current.iter().filter(|p| is_ready(p)).count() as i64;
+    let mut status = json!({
+        "observedGeneration": meta::get_path(rs, &["metadata", "generation"]).cloned().unwrap_or(json!(1)),
+        "replicas": count,
+        "fullyLabeledReplicas": count,
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+    });
+    if let Some(m) = status.as_object_mut() {
+        // Kubernetes omits zero counts but `replicas`.
+        m.retain(|k, v| k == "replicas" || k == "observedGeneration" || v != &json!(0));
+    }
+    ReplicaSetPlan {
         create,
         delete,
         status,
@@ -336,72 +498,121 @@ pub fn ready_status(pod: &Value, now: &str) -> Value {
     })
 }
 
-/// Reconcile every Deployment once.
+/// Create `pods`; with `mark_ready`, report them Running and Ready at once.
+fn create_pods(store: &Store, pod_t: &ResourceType, ns: &str, pods: Vec<Value>, mark_ready: bool) {
+    for pod in pods {
+        match store.create(pod_t, "v1", ns, pod, false) {
+            Ok(created) if mark_ready => {
+                let mut next = created.clone();
+                next["status"] = ready_status(&created, &meta::now_rfc3339());
+                let name = meta::name(&created);
+                if let Err(e) = store.update(pod_t, "v1", ns, name, next, Part::Status, false) {
+                    tracing::debug!(pod = %name, error = %e, "marking pod ready");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "creating pod"),
+        }
+    }
+}
+
+/// Write `status` into `obj` unless it is gone or unchanged.
+fn write_status(store: &Store, rt: &ResourceType, obj: &Value, status: Value) {
+    if obj.get("status") == Some(&status) {
+        return;
+    }
+    let mut next = obj.clone();
+    next["status"] = status;
+    let (ns, name) = (meta::namespace(obj), meta::name(obj));
+    if let Err(e) = store.update(rt, "v1", ns, name, next, Part::Status, false) {
+        tracing::debug!(kind = %rt.kind, %name, error = %e, "writing status");
+    }
+}
+
+/// Reconcile every Deployment, then every ReplicaSet, once.
 pub fn reconcile_all(store: &Store, mark_pods_ready: bool) {
-    let (Some(deploy_t), Some(pod_t)) = (
+    let (Some(deploy_t), Some(rs_t), Some(pod_t)) = (
         store.find_type("apps", "v1", "deployments"),
+        store.find_type("apps", "v1", "replicasets"),
         store.find_type("", "v1", "pods"),
     ) else {
         return;
     };
+    let now = meta::now_rfc3339;
     let (deployments, _) = store.list(&deploy_t, None);
-    for d in deployments {
-        if meta::is_deleting(&d) {
-            continue;
+    for d in deployments.iter().filter(|d| !meta::is_deleting(d)) {
+        let ns = meta::namespace(d);
+        let (sets, _) = store.list(&rs_t, Some(ns));
+        let (pods, _) = store.list(&pod_t, Some(ns));
+        let plan = plan_deployment(d, &sets, &pods, &now());
+        if let Some(rs) = plan.create {
+            if let Err(e) = store.create(&rs_t, "v1", ns, rs, false) {
+                tracing::warn!(deployment = %meta::name(d), error = %e, "creating ReplicaSet");
+            }
         }
-        let ns = meta::namespace(&d).to_string();
-        let name = meta::name(&d).to_string();
-        let (pods, _) = store.list(&pod_t, Some(&ns));
+        for (name, replicas) in plan.scale {
+            let scaled = store.get(&rs_t, ns, &name).and_then(|mut rs| {
+                rs["spec"]["replicas"] = json!(replicas);
+                store.update(&rs_t, "v1", ns, &name, rs, Part::Main, false)
+            });
+            if let Err(e) = scaled {
+                tracing::debug!(replicaset = %name, error = %e, "scaling ReplicaSet");
+            }
+        }
+        for name in plan.delete {
+            if let Err(e) = store.delete(&rs_t, ns, &name, &DeleteOptions::default()) {
+                tracing::debug!(replicaset = %name, error = %e, "deleting old ReplicaSet");
+            }
+        }
+    }
+
+    let (sets, _) = store.list(&rs_t, None);
+    for rs in sets.iter().filter(|s| !meta::is_deleting(s)) {
+        let ns = meta::namespace(rs);
         if mark_pods_ready {
-            for p in pods.iter().filter(|p| {
-                manages(&d, p) && meta::str_at(p, &["status", "phase"]) == Some("Pending")
-            }) {
+            let (pods, _) = store.list(&pod_t, Some(ns));
+            for p in live_pods(rs, &pods)
+                .into_iter()
+                .filter(|p| meta::str_at(p, &["status", "phase"]) == Some("Pending"))
+            {
                 let mut next = (**p).clone();
-                next["status"] = ready_status(p, &meta::now_rfc3339());
+                next["status"] = ready_status(p, &now());
                 if let Err(e) =
-                    store.update(&pod_t, "v1", &ns, meta::name(p), next, Part::Status, false)
+                    store.update(&pod_t, "v1", ns, meta::name(p), next, Part::Status, false)
                 {
                     tracing::debug!(error = %e, "marking pod ready");
                 }
             }
         }
-        let (pods, _) = store.list(&pod_t, Some(&ns));
-        let p = plan(&d, &pods, &meta::now_rfc3339());
-        for pod in p.create {
-            match store.create(&pod_t, "v1", &ns, pod, false) {
-                Ok(created) if mark_pods_ready => {
-                    let mut next = created.clone();
-                    next["status"] = ready_status(&created, &meta::now_rfc3339());
-                    let _ = store.update(
-                        &pod_t,
-                        "v1",
-                        &ns,
-                        meta::name(&created),
-                        next,
-                        Part::Status,
-                        false,
-                    );
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(deployment = %name, error = %e, "creating pod"),
+        let (pods, _) = store.list(&pod_t, Some(ns));
+        let plan = plan_replica_set(rs, &pods);
+        create_pods(store, &pod_t, ns, plan.create, mark_pods_ready);
+        for pod in plan.delete {
+            if let Err(e) = store.delete(&pod_t, ns, &pod, &DeleteOptions::default()) {
+                tracing::debug!(replicaset = %meta::name(rs), error = %e, "deleting pod");
             }
         }
-        for pod in p.delete {
-            if let Err(e) = store.delete(&pod_t, &ns, &pod, &DeleteOptions::default()) {
-                tracing::debug!(deployment = %name, error = %e, "deleting pod");
-            }
-        }
-        // Re-plan against the pods as they are now, so status counts them.
-        let Ok(fresh) = store.get(&deploy_t, &ns, &name) else {
+        // Status counts the pods as they are now.
+        let (Ok(fresh), (pods, _)) = (
+            store.get(&rs_t, ns, meta::name(rs)),
+            store.list(&pod_t, Some(ns)),
+        ) else {
             continue;
         };
-        let (pods, _) = store.list(&pod_t, Some(&ns));
-        let status = plan(&fresh, &pods, &meta::now_rfc3339()).status;
-        let mut next = fresh.clone();
-        next["status"] = status;
-        if let Err(e) = store.update(&deploy_t, "v1", &ns, &name, next, Part::Status, false) {
-            tracing::debug!(deployment = %name, error = %e, "writing status");
-        }
+        write_status(store, &rs_t, &fresh, plan_replica_set(&fresh, &pods).status);
+    }
+
+    let (deployments, _) = store.list(&deploy_t, None);
+    for d in deployments.iter().filter(|d| !meta::is_deleting(d)) {
+        let ns = meta::namespace(d);
+        let (sets, _) = store.list(&rs_t, Some(ns));
+        let (pods, _) = store.list(&pod_t, Some(ns));
+        write_status(
+            store,
+            &deploy_t,
+            d,
+            plan_deployment(d, &sets, &pods, &now()).status,
+        );
     }
 }
 
@@ -432,11 +643,19 @@ mod tests {
         })
     }
 
-    fn pod_of(d: &Value, name: &str, ready: bool) -> Arc<Value> {
+    /// The ReplicaSet `d` creates, stored with a uid and generation.
+    fn set_of(d: &Value, revision: i64) -> Arc<Value> {
         let hash = template_hash(&d["spec"]["template"]);
+        let mut rs = new_replica_set(d, &d["spec"]["template"], &hash, revision);
+        rs["metadata"]["uid"] = json!(format!("rs-{hash}"));
+        rs["metadata"]["generation"] = json!(1);
+        Arc::new(rs)
+    }
+
+    fn pod_of(rs: &Value, name: &str, ready: bool) -> Arc<Value> {
         let mut p = json!({
-            "metadata": {"name": name, "labels": {"app": "web", HASH_LABEL: hash},
-                         "ownerReferences": [{"uid": "d-uid", "kind": "Deployment", "name": "web", "controller": true}]},
+            "metadata": {"name": name, "labels": rs["spec"]["template"]["metadata"]["labels"].clone(),
+                         "ownerReferences": [controller_ref(rs, "ReplicaSet")]},
             "status": {"phase": "Pending"}
         });
         if ready {
@@ -446,58 +665,154 @@ mod tests {
     }
 
     #[test]
-    fn creates_missing_pods() {
+    fn a_deployment_creates_its_replica_set_with_the_template_and_selector() {
         let d = deploy(3, "a");
-        let p = plan(&d, &[pod_of(&d, "web-1", true)], "t");
+        let p = plan_deployment(&d, &[], &[], "t");
+        let rs = p.create.expect("a ReplicaSet");
+        let hash = template_hash(&d["spec"]["template"]);
+        assert_eq!(rs["metadata"]["name"], format!("web-{hash}"));
+        assert_eq!(rs["metadata"]["annotations"][REVISION_ANNOTATION], "1");
+        assert_eq!(rs["metadata"]["ownerReferences"][0]["uid"], "d-uid");
+        assert_eq!(rs["metadata"]["ownerReferences"][0]["controller"], true);
+        assert_eq!(rs["spec"]["replicas"], 3);
+        assert_eq!(rs["spec"]["selector"]["matchLabels"][HASH_LABEL], hash);
+        assert_eq!(
+            rs["spec"]["template"]["metadata"]["labels"][HASH_LABEL],
+            hash
+        );
+        assert_eq!(
+            rs["spec"]["template"]["spec"],
+            d["spec"]["template"]["spec"]
+        );
+        assert!(controls(&d, &rs));
+        assert_eq!(p.status["observedGeneration"], 3);
+        assert_eq!(p.status["conditions"][0]["status"], "False");
+        assert_eq!(p.status["conditions"][1]["reason"], "ReplicaSetUpdated");
+    }
+
+    #[test]
+    fn a_replica_set_creates_missing_pods_and_reports_them() {
+        let d = deploy(3, "a");
+        let rs = set_of(&d, 1);
+        let p = plan_replica_set(&rs, &[pod_of(&rs, "web-x-1", true)]);
         assert_eq!(p.create.len(), 2);
         assert!(p.delete.is_empty());
         let pod = &p.create[0];
-        assert!(pod["metadata"]["generateName"]
-            .as_str()
-            .unwrap()
-            .starts_with("web-"));
+        assert_eq!(
+            pod["metadata"]["generateName"],
+            format!("{}-", rs["metadata"]["name"].as_str().unwrap())
+        );
         assert_eq!(pod["metadata"]["labels"]["app"], "web");
+        assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "ReplicaSet");
         assert_eq!(pod["metadata"]["ownerReferences"][0]["controller"], true);
-        assert_eq!(p.status["observedGeneration"], 3);
-        assert_eq!(p.status["conditions"][0]["status"], "False");
+        assert_eq!(p.status["replicas"], 1);
+        assert_eq!(p.status["readyReplicas"], 1);
+        assert_eq!(p.status["observedGeneration"], 1);
     }
 
     #[test]
-    fn scales_down_and_replaces_old_templates() {
+    fn a_replica_set_scales_down_unready_pods_first() {
         let d = deploy(1, "a");
-        let pods = vec![pod_of(&d, "web-1", true), pod_of(&d, "web-2", true)];
-        let p = plan(&d, &pods, "t");
-        assert_eq!(p.delete, vec!["web-2"]);
-        assert_eq!(p.status["conditions"][0]["status"], "True");
-        let changed = deploy(1, "b");
-        let p = plan(&changed, &pods, "t");
-        assert_eq!(p.delete.len(), 2);
-        assert_eq!(p.create.len(), 1);
+        let rs = set_of(&d, 1);
+        let pods = vec![pod_of(&rs, "web-1", false), pod_of(&rs, "web-2", true)];
+        let p = plan_replica_set(&rs, &pods);
+        assert_eq!(p.delete, vec!["web-1"]);
+        assert!(p.create.is_empty());
     }
 
     #[test]
-    fn leaves_pods_it_does_not_control_alone() {
+    fn a_template_change_scales_the_old_replica_set_to_zero_and_prunes_history() {
+        let old_d = deploy(2, "a");
+        let old = set_of(&old_d, 1);
+        let pods = vec![pod_of(&old, "web-a-1", true), pod_of(&old, "web-a-2", true)];
+        let d = deploy(2, "b");
+        let p = plan_deployment(&d, &[old.clone()], &pods, "t");
+        let new = p.create.expect("a ReplicaSet for the new template");
+        assert_eq!(new["metadata"]["annotations"][REVISION_ANNOTATION], "2");
+        assert_eq!(p.scale, vec![(meta::name(&old).to_string(), 0)]);
+        assert_eq!(p.status["updatedReplicas"], 0);
+        assert_eq!(p.status["replicas"], 2);
+        assert!(p.delete.is_empty(), "the old set still has pods");
+
+        // Once empty, old sets beyond revisionHistoryLimit go, oldest first.
+        let mut limited = d.clone();
+        limited["spec"]["revisionHistoryLimit"] = json!(1);
+        let mut sets = Vec::new();
+        for (i, image) in ["x", "y", "z"].iter().enumerate() {
+            let mut s = (*set_of(&deploy(2, image), i as i64 + 1)).clone();
+            s["spec"]["replicas"] = json!(0);
+            sets.push(Arc::new(s));
+        }
+        let p = plan_deployment(&limited, &sets, &[], "t");
+        let names: Vec<String> = sets[..2]
+            .iter()
+            .map(|s| meta::name(s).to_string())
+            .collect();
+        assert_eq!(p.delete, names);
+        assert!(p.scale.is_empty());
+    }
+
+    #[test]
+    fn a_deployment_counts_the_pods_of_its_replica_sets() {
+        let d = deploy(4, "a");
+        let rs = set_of(&d, 1);
+        let pods: Vec<_> = (0..4)
+            .map(|i| pod_of(&rs, &format!("web-{i}"), i != 0))
+            .collect();
+        let p = plan_deployment(&d, &[rs.clone()], &pods, "t");
+        assert!(p.create.is_none() && p.scale.is_empty() && p.delete.is_empty());
+        assert_eq!(p.status["replicas"], 4);
+        assert_eq!(p.status["updatedReplicas"], 4);
+        assert_eq!(p.status["readyReplicas"], 3);
+        assert_eq!(
+            p.status["conditions"][0]["status"], "True",
+            "25% of 4 may be unavailable"
+        );
+        assert_eq!(p.status["conditions"][1]["reason"], "ReplicaSetUpdated");
+        let all_ready: Vec<_> = (0..4)
+            .map(|i| pod_of(&rs, &format!("web-{i}"), true))
+            .collect();
+        let p = plan_deployment(&d, &[rs.clone()], &all_ready, "t");
+        assert_eq!(
+            p.status["conditions"][1]["reason"],
+            "NewReplicaSetAvailable"
+        );
+        let mut scaled = d.clone();
+        scaled["spec"]["replicas"] = json!(6);
+        let p = plan_deployment(&scaled, &[rs.clone()], &all_ready, "t");
+        assert_eq!(p.scale, vec![(meta::name(&rs).to_string(), 6)]);
+    }
+
+    #[test]
+    fn leaves_objects_it_does_not_control_alone() {
         let d = deploy(1, "a");
-        let mine = pod_of(&d, "web-1", true);
+        let rs = set_of(&d, 1);
+        let mine = pod_of(&rs, "web-1", true);
         // Owned for garbage collection only (controller: false), as
         // TaskManager pods are by their JobManager's Deployment.
         let worker = Arc::new(json!({
-            "metadata": {"name": "tm-1", "labels": {"app": "web", "component": "tm"},
-                         "ownerReferences": [{"uid": "d-uid", "kind": "Deployment", "name": "web", "controller": false}]},
+            "metadata": {"name": "tm-1", "labels": rs["spec"]["template"]["metadata"]["labels"].clone(),
+                         "ownerReferences": [{"uid": meta::uid(&rs), "kind": "ReplicaSet", "name": "web", "controller": false}]},
             "status": {"phase": "Running"}
         }));
         // Controlled, but outside the selector.
         let stray = Arc::new(json!({
             "metadata": {"name": "other-1", "labels": {"app": "other"},
-                         "ownerReferences": [{"uid": "d-uid", "kind": "Deployment", "name": "web", "controller": true}]},
+                         "ownerReferences": [controller_ref(&rs, "ReplicaSet")]},
             "status": {"phase": "Running"}
         }));
-        assert!(manages(&d, &mine));
-        assert!(!manages(&d, &worker));
-        assert!(!manages(&d, &stray));
-        let p = plan(&d, &[mine, worker, stray], "t");
+        assert!(controls(&rs, &mine));
+        assert!(!controls(&rs, &worker));
+        assert!(!controls(&rs, &stray));
+        assert!(!controls(&d, &mine), "pods belong to the ReplicaSet");
+        let p = plan_replica_set(&rs, &[mine, worker, stray]);
         assert!(p.delete.is_empty(), "{:?}", p.delete);
         assert!(p.create.is_empty());
+        // A ReplicaSet some other owner controls is not the Deployment's.
+        let mut foreign = (*set_of(&d, 1)).clone();
+        foreign["metadata"]["ownerReferences"][0]["uid"] = json!("other");
+        let p = plan_deployment(&d, &[Arc::new(foreign)], &[], "t");
+        assert!(p.create.is_some());
     }
 
     #[test]
@@ -514,20 +829,6 @@ mod tests {
         );
         assert!(
             LabelSelector::parse(&selector_string(&json!({"matchLabels": {"a": "b"}}))).is_ok()
-        );
-    }
-
-    #[test]
-    fn available_when_enough_ready() {
-        let d = deploy(4, "a");
-        let pods: Vec<_> = (0..4)
-            .map(|i| pod_of(&d, &format!("web-{i}"), i != 0))
-            .collect();
-        let p = plan(&d, &pods, "t");
-        assert_eq!(p.status["readyReplicas"], 3);
-        assert_eq!(
-            p.status["conditions"][0]["status"], "True",
-            "25% of 4 may be unavailable"
         );
     }
 }

@@ -15,13 +15,14 @@
 //!   works without `--validate=false`;
 //! - namespaces, pods (`status`, `log`), services, endpoints, configmaps,
 //!   secrets, serviceaccounts, nodes, events (core and `events.k8s.io`),
-//!   deployments (`status`, `scale`), RBAC roles and bindings, leases,
+//!   deployments and replicasets (`status`, `scale`), RBAC roles and bindings, leases,
 //!   CRDs, and every CRD's custom resources (`status`, `scale` when declared,
 //!   `additionalPrinterColumns` in `kubectl get` tables);
 //! - JSON request bodies everywhere, plus protobuf bodies for the kinds
 //!   `kubectl create namespace|configmap|secret|serviceaccount` sends and
 //!   for `DeleteOptions` (typed client-go clients such as Helm's);
-//! - a Deployment controller ([`deployment`]) that keeps pod objects.
+//! - Deployment and ReplicaSet controllers ([`deployment`]) that keep
+//!   ReplicaSets and pod objects.
 //!
 //! Known differences from a real API server: no authentication or
 //! admission webhooks; CRD schemas are checked for types, `required`,
@@ -31,8 +32,8 @@
 //! `managedFields` (so a field dropped from an applied manifest is removed)
 //! but never reports conflicts between managers, and other writes are not
 //! recorded there; list pagination is
-//! ignored (everything comes in one page); pods are Deployment-owned
-//! directly (no ReplicaSets).
+//! ignored (everything comes in one page); a Deployment's template change
+//! replaces all its pods at once (no surge).
 //!
 //! With [`Options::kubelet`] set, pods really run: the process
 //! [`kubelet`] starts each container as a local process (images map to

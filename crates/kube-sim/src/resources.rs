@@ -134,6 +134,22 @@ pub fn builtins() -> Vec<ResourceType> {
         status_replicas_path: ".status.replicas".into(),
         label_selector_path: Some(".status.selector".into()),
     });
+    let mut replica_sets = builtin(
+        "apps",
+        "v1",
+        "replicasets",
+        "ReplicaSet",
+        true,
+        &["rs"],
+        true,
+        true,
+    );
+    replica_sets.categories = vec!["all".into()];
+    replica_sets.scale = Some(ScaleSpec {
+        spec_replicas_path: ".spec.replicas".into(),
+        status_replicas_path: ".status.replicas".into(),
+        label_selector_path: None,
+    });
     vec![
         builtin(
             "",
@@ -181,6 +197,7 @@ pub fn builtins() -> Vec<ResourceType> {
         builtin("", "v1", "events", "Event", true, &["ev"], false, false),
         builtin("", "v1", "nodes", "Node", false, &["no"], true, false),
         deployments,
+        replica_sets,
         builtin(
             "events.k8s.io",
             "v1",

@@ -282,6 +282,15 @@ fn columns(rt: &ResourceType, crd: Option<&Value>, version: &str) -> Vec<Column>
             }),
             age,
         ],
+        ("apps", "replicasets") => vec![
+            name,
+            fixed("Desired", "integer", |d| int_at(&["spec", "replicas"])(d)),
+            fixed("Current", "integer", |d| int_at(&["status", "replicas"])(d)),
+            fixed("Ready", "integer", |d| {
+                int_at(&["status", "readyReplicas"])(d)
+            }),
+            age,
+        ],
         ("", "namespaces") => vec![name, path("Status", ".status.phase"), age],
         ("", "configmaps") => vec![name, fixed("Data", "integer", data_count), age],
         ("", "secrets") => vec![

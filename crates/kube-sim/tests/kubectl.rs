@@ -453,10 +453,33 @@ async fn kubectl_deployment_controller_keeps_replicas() {
     assert!(out.contains("condition met"), "{out}");
     k.ok(&["scale", "deployment", "web", "--replicas=3"]).await;
     let pods = wait_pods(&k, "3 pods", |p| p.len() == 3).await;
+    let sets = k.json(&["get", "replicasets"]).await;
+    let sets = sets["items"].as_array().expect("items").clone();
+    assert_eq!(sets.len(), 1, "one ReplicaSet per template: {sets:?}");
+    let first_set = sets[0]["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(first_set.starts_with("web-"), "{first_set}");
+    assert_eq!(
+        sets[0]["metadata"]["ownerReferences"][0]["kind"],
+        "Deployment"
+    );
     for p in &pods {
-        assert_eq!(p["metadata"]["ownerReferences"][0]["kind"], "Deployment");
+        assert_eq!(p["metadata"]["ownerReferences"][0]["kind"], "ReplicaSet");
+        assert_eq!(
+            p["metadata"]["ownerReferences"][0]["name"],
+            first_set.as_str()
+        );
         assert_eq!(p["status"]["phase"], "Running");
     }
+    let out = k
+        .ok(&["rollout", "status", "deployment/web", "--timeout=20s"])
+        .await;
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let table = k.ok(&["get", "rs"]).await;
+    assert!(
+        table.contains("DESIRED")
+            && table.contains(&format!("{first_set}   3         3         3")),
+        "{table}"
+    );
     let victim = pods[0]["metadata"]["name"].as_str().unwrap().to_string();
     k.ok(&["delete", "pod", &victim]).await;
     wait_pods(&k, "a replacement pod", |p| {
@@ -474,9 +497,31 @@ async fn kubectl_deployment_controller_keeps_replicas() {
                 .all(|x| x["spec"]["containers"][0]["image"] == "web:2")
     })
     .await;
-    // Deleting the deployment collects its pods.
+    // The old ReplicaSet stays, scaled to zero, as revision 1.
+    let sets = k.json(&["get", "replicasets"]).await;
+    let mut revisions: Vec<(String, i64)> = sets["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|s| {
+            (
+                s["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                s["spec"]["replicas"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    revisions.sort();
+    assert_eq!(revisions, vec![("1".into(), 0), ("2".into(), 2)]);
+    let history = k.ok(&["rollout", "history", "deployment/web"]).await;
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+    // Deleting the deployment collects its ReplicaSets and their pods.
     k.ok(&["delete", "deployment", "web"]).await;
     wait_pods(&k, "no pods", |p| p.is_empty()).await;
+    let sets = k.ok(&["get", "replicasets", "-o", "name"]).await;
+    assert!(sets.trim().is_empty(), "{sets}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

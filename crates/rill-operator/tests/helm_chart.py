@@ -8,7 +8,19 @@ one JSON document on stdout:
    "manifest": "<the default render as one YAML stream>"}
 
 Cases: "default" (cluster-wide) and "namespaced" (watchNamespaces: [jobs, etl]).
-Exit status 2 when the package cannot be installed or imported.
+
+Against a cluster (a kubeconfig), as `helm install`/`helm uninstall` do:
+
+  helm_chart.py install KUBECONFIG VALUES_JSON   # creates the namespace too
+  helm_chart.py uninstall KUBECONFIG
+
+each printing {"name", "namespace", "revision", "status"} of the release,
+then `helm list` of the namespace as "releases". Both wait as `--wait`
+does (Helm's status watcher): install until the Deployment's pods are
+ready, uninstall until the release's objects are gone.
+
+Exit status 2 when the package cannot be installed or imported, 1 when Helm
+reports an error (on stderr).
 """
 
 import importlib
@@ -75,8 +87,47 @@ def render(h, values):
     return objects, "".join(stream)
 
 
+def summary(release):
+    return {
+        "name": release.get("name"),
+        "namespace": release.get("namespace"),
+        "revision": release.get("revision"),
+        "status": release.get("status"),
+    }
+
+
+def against_cluster(h, action, kubeconfig, values):
+    config = h.Config(kubeconfig_path=kubeconfig, namespace=NAMESPACE)
+    try:
+        if action == "install":
+            release = config.install(
+                str(CHART),
+                RELEASE,
+                values,
+                namespace=NAMESPACE,
+                create_namespace=True,
+                wait="watcher",
+                timeout=120,
+            )
+        else:
+            release = config.uninstall(RELEASE, wait="watcher", timeout=120).get("release") or {}
+        releases = [summary(r) for r in config.list(all_states=True) or []]
+    except h.HelmError as e:
+        sys.stderr.write(f"helm {action} failed: {e}\n")
+        sys.exit(1)
+    print(json.dumps({**summary(release), "releases": releases}))
+
+
 def main():
     h = helm()
+    if len(sys.argv) > 1:
+        action = sys.argv[1]
+        if action not in ("install", "uninstall") or len(sys.argv) < 3:
+            sys.stderr.write(__doc__)
+            sys.exit(64)
+        values = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+        against_cluster(h, action, sys.argv[2], values)
+        return
     lint = h.lint(str(CHART), strict=True)
     default, manifest = render(h, {})
     namespaced, _ = render(h, {"watchNamespaces": ["jobs", "etl"]})

@@ -94,6 +94,33 @@ impl Kube {
         self.sim.as_ref().expect("kube-sim runs")
     }
 
+    /// Runs `helm <action> --wait` (install or uninstall) of
+    /// `charts/rill-operator` against this cluster through Helm's library
+    /// (see `crates/rill-operator/tests/helm_chart.py`); `Ok` carries the
+    /// release summary, `Err` Helm's error.
+    pub fn helm(&self, action: &str, values: &Value) -> Result<Value, String> {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../rill-operator/tests/helm_chart.py"
+        );
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let out = Command::new(&python)
+            .arg(script)
+            .arg(action)
+            .arg(&self.kubeconfig)
+            .arg(values.to_string())
+            .output()
+            .unwrap_or_else(|e| panic!("running {python} {script}: {e}"));
+        match out.status.code() {
+            Some(0) => Ok(serde_json::from_slice(&out.stdout).expect("helm_chart.py prints JSON")),
+            Some(1) => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+            code => panic!(
+                "helm_chart.py {action} exited {code:?}; helm-python-sdk must be installable with pip:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.kubectl);
         c.arg("--kubeconfig")
