@@ -726,7 +726,7 @@ mod tests {
         let old = set_of(&old_d, 1);
         let pods = vec![pod_of(&old, "web-a-1", true), pod_of(&old, "web-a-2", true)];
         let d = deploy(2, "b");
-        let p = plan_deployment(&d, &[old.clone()], &pods, "t");
+        let p = plan_deployment(&d, std::slice::from_ref(&old), &pods, "t");
         let new = p.create.expect("a ReplicaSet for the new template");
         assert_eq!(new["metadata"]["annotations"][REVISION_ANNOTATION], "2");
         assert_eq!(p.scale, vec![(meta::name(&old).to_string(), 0)]);
@@ -759,7 +759,7 @@ mod tests {
         let pods: Vec<_> = (0..4)
             .map(|i| pod_of(&rs, &format!("web-{i}"), i != 0))
             .collect();
-        let p = plan_deployment(&d, &[rs.clone()], &pods, "t");
+        let p = plan_deployment(&d, std::slice::from_ref(&rs), &pods, "t");
         assert!(p.create.is_none() && p.scale.is_empty() && p.delete.is_empty());
         assert_eq!(p.status["replicas"], 4);
         assert_eq!(p.status["updatedReplicas"], 4);
@@ -772,14 +772,14 @@ mod tests {
         let all_ready: Vec<_> = (0..4)
             .map(|i| pod_of(&rs, &format!("web-{i}"), true))
             .collect();
-        let p = plan_deployment(&d, &[rs.clone()], &all_ready, "t");
+        let p = plan_deployment(&d, std::slice::from_ref(&rs), &all_ready, "t");
         assert_eq!(
             p.status["conditions"][1]["reason"],
             "NewReplicaSetAvailable"
         );
         let mut scaled = d.clone();
         scaled["spec"]["replicas"] = json!(6);
-        let p = plan_deployment(&scaled, &[rs.clone()], &all_ready, "t");
+        let p = plan_deployment(&scaled, std::slice::from_ref(&rs), &all_ready, "t");
         assert_eq!(p.scale, vec![(meta::name(&rs).to_string(), 6)]);
     }
 
