@@ -135,7 +135,14 @@ impl Network {
                 }
                 let name = format!("ksim{block}");
                 ip(&["link", "add", &name, "type", "bridge"])?;
-                let setup = ip(&["addr", "add", &format!("10.{block}.0.1/16"), "dev", &name])
+                // A bridge without an address of its own takes the lowest of
+                // its ports' and changes it as pods come and go; pods would
+                // then keep sending to the old one (dropped) until their
+                // ARP entries expire, up to a minute. A fixed, locally
+                // administered address never changes.
+                let mac = format!("02:6b:73:69:6d:{block:02x}");
+                let setup = ip(&["link", "set", &name, "address", &mac])
+                    .and_then(|_| ip(&["addr", "add", &format!("10.{block}.0.1/16"), "dev", &name]))
                     .and_then(|_| ip(&["link", "set", &name, "up"]));
                 if let Err(e) = setup {
                     let _ = ip(&["link", "del", &name]);

@@ -56,7 +56,7 @@ pub(crate) async fn forward(
     let next = Arc::new(AtomicUsize::new(0));
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut inbound, _)) = listener.accept().await else {
+            let Ok((mut inbound, peer)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
@@ -65,15 +65,18 @@ pub(crate) async fn forward(
             tokio::spawn(async move {
                 for k in 0..list.len() {
                     let target = list[(start + k) % list.len()];
+                    let began = std::time::Instant::now();
                     let conn =
                         tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(target))
                             .await;
+                    tracing::debug!(%addr, %peer, %target, millis = began.elapsed().as_millis() as u64, ok = matches!(conn, Ok(Ok(_))), "proxying");
                     if let Ok(Ok(mut outbound)) = conn {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                         return;
                     }
                 }
                 // No reachable endpoint: the client sees the connection close.
+                tracing::debug!(%addr, %peer, backends = list.len(), "no reachable endpoint");
             });
         }
     });

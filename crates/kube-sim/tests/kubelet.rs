@@ -496,6 +496,25 @@ spec:
         (pods.len() == 2).then_some(pods)
     })
     .await;
+    // The bridge's MAC address is its own, so pods joining (their veths
+    // on the bridge) never change it under the ARP caches of others.
+    let bridge = c
+        .sim
+        .bridge()
+        .expect("namespace mode has a bridge")
+        .to_string();
+    let sys = |f: &str| {
+        std::fs::read_to_string(Path::new("/sys/class/net").join(&bridge).join(f))
+            .expect("bridge sysfs")
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        sys("addr_assign_type"),
+        "3",
+        "the bridge address is set, not inherited"
+    );
+    let mac = sys("address");
     let ips: Vec<String> = ready
         .iter()
         .map(|p| p["status"]["podIP"].as_str().expect("podIP").to_string())
@@ -540,12 +559,12 @@ spec:
     let logs = c.ok(&["logs", "client"]).await;
     assert_eq!(done["status"]["phase"], "Succeeded", "{logs}");
     assert_eq!(logs.lines().collect::<Vec<_>>(), vec!["2", "200"], "{logs}");
+    assert_eq!(
+        sys("address"),
+        mac,
+        "the bridge address changed as a pod joined"
+    );
     // This kube-sim's bridge (others may run in parallel).
-    let bridge = c
-        .sim
-        .bridge()
-        .expect("namespace mode has a bridge")
-        .to_string();
     assert!(Path::new("/sys/class/net").join(&bridge).exists());
     let pids = c.sim.kubelet().expect("kubelet").container_pids();
     c.sim.stop().await;

@@ -2,8 +2,9 @@
 //!
 //! Every replica serves metrics and health, campaigns for the Lease, and
 //! runs the FlinkJob and FlinkSession controllers only while it leads; when
-//! leadership is lost the controllers are shut down before anything else
-//! is written, and they start again if it comes back.
+//! leadership is lost the controllers are cancelled at once, in-flight
+//! reconciles included, so nothing else is written, and they start again
+//! if it comes back.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -279,15 +280,21 @@ impl Operator {
                     sessions_rx,
                 )));
             }
+            // Losing the Lease cancels reconciles where they stand, so a
+            // deposed replica writes nothing more (a cancelled reconcile is
+            // no worse than a crash, which the next leader must handle
+            // anyway); stopping the operator lets them finish.
             let mut lost = self.leading.clone();
             let mut halt = stop_rx.clone();
+            let aborts: Vec<_> = runs.iter().map(|r| r.abort_handle()).collect();
             let watcher_task = tokio::spawn(async move {
                 tokio::select! {
-                    _ = lost.wait_for(|l| !*l) => {}
-                    _ = halt.wait_for(|s| *s) => {}
-                }
-                for t in triggers {
-                    let _ = t.send(());
+                    _ = lost.wait_for(|l| !*l) => aborts.iter().for_each(|a| a.abort()),
+                    _ = halt.wait_for(|s| *s) => {
+                        for t in triggers {
+                            let _ = t.send(());
+                        }
+                    }
                 }
             });
             for r in runs {

@@ -224,7 +224,7 @@ impl Kube {
                 "-l",
                 "app.kubernetes.io/name=rill-operator",
                 "--previous",
-                "--tail=40"
+                "--tail=100"
             ]),
             run(&[
                 "logs",
@@ -232,7 +232,7 @@ impl Kube {
                 OPERATOR_NS,
                 "-l",
                 "app.kubernetes.io/name=rill-operator",
-                "--tail=40"
+                "--tail=100"
             ]),
             run(&["logs", "-l", "component=jobmanager", "--tail=60"]),
             run(&["logs", "-l", "component=taskmanager", "--tail=20"]),
@@ -592,7 +592,7 @@ pub fn delete_and_check_cleanup(kube: &Kube, kind: &str, name: &str) {
             let left = kube
                 .try_run(&[
                     "get",
-                    "deployments,pods,services,configmaps",
+                    "deployments,replicasets,pods,services,configmaps",
                     "-l",
                     &format!("app={name}"),
                     "-o",
