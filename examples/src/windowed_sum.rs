@@ -1,10 +1,14 @@
 //! The window-semantics contract, checked from outside:
 //!
-//! `rill run windowed-sum --input FILE --output DIR --window SPEC
-//!   --out-of-orderness MS [--allowed-lateness MS] [--rate EVENTS_PER_SECOND]
-//!   [--running-sums] [--parallelism P]`
+//! `rill run windowed-sum (--input FILE | --generate N [--keys K]) --output DIR
+//!   --window SPEC --out-of-orderness MS [--allowed-lateness MS]
+//!   [--rate EVENTS_PER_SECOND] [--running-sums] [--parallelism P]`
 //!
 //! * FILE: lines `key,event_time_ms,value`, read by one source subtask in order;
+//! * `--generate N`: instead of a file, N such lines made up from their
+//!   sequence number ([`generated_reading`]), so a cluster needs no input
+//!   file: K keys (default 100), event time 10 ms apart, up to 500 ms out
+//!   of order; a restored run continues at the checkpointed number;
 //! * the watermark after every record is `max_event_time - out_of_orderness - 1`,
 //!   and `+inf` at end of input;
 //! * SPEC: `tumbling:SIZE`, `sliding:SIZE:SLIDE`, `session:GAP` (ms, epoch-aligned);
@@ -57,6 +61,33 @@ pub fn parse_reading(line: &str, _: u64) -> std::result::Result<Option<Reading>,
         value,
         line: line.to_string(),
     }))
+}
+
+/// How far generated readings run behind the newest event time, at most.
+pub const GENERATED_DISORDER_MS: i64 = 500;
+
+/// The reading number `seq` of `--generate`: deterministic, so a restored
+/// run produces exactly the lines an uninterrupted one would.
+pub fn generated_reading(seq: u64, keys: u64) -> Reading {
+    // SplitMix64: well-spread bits from a counter.
+    let mut z = seq.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let key = format!("k{}", z % keys.max(1));
+    let disorder = ((z >> 20) % GENERATED_DISORDER_MS as u64) as i64;
+    let ts = (seq as i64)
+        .saturating_mul(10)
+        .saturating_sub(disorder)
+        .max(0);
+    let value = ((z >> 40) % 100) as i64;
+    let line = format!("{key},{ts},{value}");
+    Reading {
+        key,
+        ts,
+        value,
+        line,
+    }
 }
 
 /// A window specification.
@@ -134,6 +165,8 @@ pub fn windowed_sum(env: &mut StreamEnv, args: &JobArgs) -> Result<()> {
         args,
         &[
             "input",
+            "generate",
+            "keys",
             "output",
             "window",
             "out-of-orderness",
@@ -142,7 +175,6 @@ pub fn windowed_sum(env: &mut StreamEnv, args: &JobArgs) -> Result<()> {
             "running-sums",
         ],
     )?;
-    let input = PathBuf::from(args.required("input")?);
     let output = PathBuf::from(args.required("output")?);
     let spec: WindowSpec = args.required("window")?.parse()?;
     let out_of_orderness: i64 = args
@@ -152,24 +184,42 @@ pub fn windowed_sum(env: &mut StreamEnv, args: &JobArgs) -> Result<()> {
     if out_of_orderness < 0 || lateness < 0 {
         return Err(Error::Args("durations must not be negative".into()));
     }
-    let mut source = TextFileSource::parsed(input, parse_reading);
-    if let Some(rate) = args.parse_opt::<f64>("rate")? {
-        if rate <= 0.0 {
-            return Err(Error::Args("--rate must be positive".into()));
-        }
-        source = source.rate(rate);
+    let rate = args.parse_opt::<f64>("rate")?;
+    if rate.is_some_and(|r| r <= 0.0) {
+        return Err(Error::Args("--rate must be positive".into()));
     }
-
-    let readings = env
-        .from_source(
-            source,
-            WatermarkStrategy::bounded_out_of_orderness(out_of_orderness)
-                .with_timestamp_assigner(|r: &Reading, _| r.ts)
-                .per_record(),
-            "readings",
-        )
-        .set_parallelism(1)
-        .uid("readings");
+    let watermarks = WatermarkStrategy::bounded_out_of_orderness(out_of_orderness)
+        .with_timestamp_assigner(|r: &Reading, _| r.ts)
+        .per_record();
+    let readings = match (args.get("input"), args.parse_opt::<u64>("generate")?) {
+        (Some(input), None) => {
+            let mut source = TextFileSource::parsed(PathBuf::from(input), parse_reading);
+            if let Some(rate) = rate {
+                source = source.rate(rate);
+            }
+            env.from_source(source, watermarks, "readings")
+        }
+        (None, Some(n)) => {
+            let keys: u64 = args.parse_or("keys", 100)?;
+            if keys == 0 {
+                return Err(Error::Args("--keys must be positive".into()));
+            }
+            let mut source = DataGen::sequence(0, n.saturating_sub(1), move |seq| {
+                generated_reading(seq, keys)
+            });
+            if let Some(rate) = rate {
+                source = source.rows_per_second(rate);
+            }
+            env.from_source(source, watermarks, "readings")
+        }
+        _ => {
+            return Err(Error::Args(
+                "give exactly one of --input FILE and --generate N".into(),
+            ))
+        }
+    }
+    .set_parallelism(1)
+    .uid("readings");
     if args.flag("running-sums") {
         readings
             .map(|r: Reading| (r.key, 1u64, r.value))
@@ -253,6 +303,24 @@ mod tests {
         ] {
             assert!(bad.parse::<WindowSpec>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn generated_readings_are_deterministic_and_within_their_disorder() {
+        let a: Vec<String> = (0..1000).map(|i| generated_reading(i, 7).line).collect();
+        let b: Vec<String> = (0..1000).map(|i| generated_reading(i, 7).line).collect();
+        assert_eq!(a, b);
+        let mut max_ts = 0;
+        let mut keys = std::collections::BTreeSet::new();
+        for i in 0..1000 {
+            let r = generated_reading(i, 7);
+            assert!(r.ts <= i as i64 * 10 && r.ts >= max_ts - GENERATED_DISORDER_MS);
+            assert!((0..100).contains(&r.value));
+            assert_eq!(parse_reading(&r.line, 0).unwrap().unwrap().ts, r.ts);
+            max_ts = max_ts.max(r.ts);
+            keys.insert(r.key);
+        }
+        assert_eq!(keys.len(), 7);
     }
 
     #[test]

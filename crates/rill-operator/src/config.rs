@@ -386,6 +386,13 @@ pub fn validate(spec: &ClusterSpec) -> Result<()> {
                 "flinkConfiguration.{key} is managed by the operator"
             )));
         }
+        // The JobManager refuses unknown keys at start; saying so here
+        // beats a crash-looping pod.
+        if !rill_api::config::KEYS.iter().any(|(k, _, _)| k == key) {
+            return Err(Error::InvalidSpec(format!(
+                "flinkConfiguration.{key} is not a configuration key Rill knows"
+            )));
+        }
     }
     crate::retention::retention(&spec.flink_configuration)?;
     for (what, t) in [
@@ -838,6 +845,13 @@ mod tests {
                         .insert("kubernetes.cluster-id".into(), "other".into());
                 }),
                 "managed by the operator",
+            ),
+            (
+                Box::new(|s| {
+                    s.flink_configuration
+                        .insert("s3.path-style-access".into(), "true".into());
+                }),
+                "flinkConfiguration.s3.path-style-access is not a configuration key",
             ),
             (
                 Box::new(|s| {

@@ -1,6 +1,8 @@
 //! What the end-to-end tests of `windowed-sum` share: a deterministic input
 //! and a record-for-record comparison of outputs.
 
+#![allow(dead_code)] // each test binary uses its own part
+
 use std::path::Path;
 
 /// Deterministic input: 40 keys, event times mostly increasing with jitter
