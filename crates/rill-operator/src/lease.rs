@@ -159,13 +159,13 @@ impl LeaseElector {
                         tracing::info!(identity = %self.identity, lease = %self.name, "became the operator leader");
                     }
                     last_ok = Some(started);
-                    leading.send_replace(true);
+                    publish(&leading, true);
                 }
                 Ok(Ok(Step::Following)) => {
                     if last_ok.take().is_some() {
                         tracing::warn!(identity = %self.identity, "operator leadership taken over");
                     }
-                    leading.send_replace(false);
+                    publish(&leading, false);
                 }
                 Ok(Ok(Step::Conflict)) => continue,
                 Ok(Err(e)) => {
@@ -179,7 +179,7 @@ impl LeaseElector {
                 if must_step_down(t, Instant::now(), self.timing.renew_deadline) {
                     tracing::warn!(identity = %self.identity, "could not renew the lease in time; stepping down");
                     last_ok = None;
-                    leading.send_replace(false);
+                    publish(&leading, false);
                 }
             }
             let pause = if last_ok.is_some() {
@@ -192,11 +192,17 @@ impl LeaseElector {
                 _ = stop.changed() => {}
             }
         }
-        leading.send_replace(false);
+        publish(&leading, false);
         if let Err(e) = self.release().await {
             tracing::warn!(error = %e, "releasing the operator lease failed");
         }
     }
+}
+
+/// Publishes leadership only when it changes, so every change a follower
+/// sees is a real transition (a renewal is not news).
+fn publish(leading: &watch::Sender<bool>, now: bool) {
+    leading.send_if_modified(|l| std::mem::replace(l, now) != now);
 }
 
 #[cfg(test)]

@@ -256,6 +256,12 @@ impl Operator {
             if *stopped.borrow() {
                 break;
             }
+            // Any change from here on is a loss (perhaps already undone):
+            // the elector publishes transitions only.
+            let mut lost = self.leading.clone();
+            if !*lost.borrow_and_update() {
+                continue;
+            }
             self.metrics.set_leader(true);
             tracing::info!(identity = %self.options.identity, "leading: starting controllers");
             let namespaces: Vec<Option<String>> = if self.options.namespaces.is_empty() {
@@ -284,12 +290,11 @@ impl Operator {
             // deposed replica writes nothing more (a cancelled reconcile is
             // no worse than a crash, which the next leader must handle
             // anyway); stopping the operator lets them finish.
-            let mut lost = self.leading.clone();
             let mut halt = stop_rx.clone();
             let aborts: Vec<_> = runs.iter().map(|r| r.abort_handle()).collect();
             let watcher_task = tokio::spawn(async move {
                 tokio::select! {
-                    _ = lost.wait_for(|l| !*l) => aborts.iter().for_each(|a| a.abort()),
+                    _ = lost.changed() => aborts.iter().for_each(|a| a.abort()),
                     _ = halt.wait_for(|s| *s) => {
                         for t in triggers {
                             let _ = t.send(());
