@@ -146,13 +146,18 @@ impl LeaseElector {
     /// Campaigns and renews until `stop` turns true, publishing leadership
     /// on `leading`; releases the Lease on the way out.
     pub async fn run(self, leading: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
+        let deadline = self.timing.renew_deadline;
         let mut last_ok: Option<Instant> = None;
         loop {
             if *stop.borrow() {
                 break;
             }
+            // A leader's renewal, and its pause before the next, never run
+            // past the moment it must step down: by then another replica
+            // may take the Lease, and two must never act at once.
+            let budget = renewal_budget(last_ok, Instant::now(), deadline);
             let started = Instant::now();
-            let outcome = tokio::time::timeout(self.timing.renew_deadline, self.step()).await;
+            let outcome = tokio::time::timeout(budget, self.step()).await;
             match outcome {
                 Ok(Ok(Step::Leading)) => {
                     if last_ok.is_none() {
@@ -176,16 +181,19 @@ impl LeaseElector {
                 }
             }
             if let Some(t) = last_ok {
-                if must_step_down(t, Instant::now(), self.timing.renew_deadline) {
+                if must_step_down(t, Instant::now(), deadline) {
                     tracing::warn!(identity = %self.identity, "could not renew the lease in time; stepping down");
                     last_ok = None;
                     publish(&leading, false);
                 }
             }
-            let pause = if last_ok.is_some() {
-                self.timing.retry_period
-            } else {
-                self.timing.retry_period.min(Duration::from_secs(2))
+            let pause = match last_ok {
+                Some(_) => {
+                    self.timing
+                        .retry_period
+                        .min(renewal_budget(last_ok, Instant::now(), deadline))
+                }
+                None => self.timing.retry_period.min(Duration::from_secs(2)),
             };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
@@ -196,6 +204,16 @@ impl LeaseElector {
         if let Err(e) = self.release().await {
             tracing::warn!(error = %e, "releasing the operator lease failed");
         }
+    }
+}
+
+/// How long the next renewal may take: a leader has until `renew_deadline`
+/// after the start of its last successful renewal, a candidate a whole
+/// `renew_deadline`.
+fn renewal_budget(last_ok: Option<Instant>, now: Instant, renew_deadline: Duration) -> Duration {
+    match last_ok {
+        Some(t) => (t + renew_deadline).saturating_duration_since(now),
+        None => renew_deadline,
     }
 }
 
@@ -229,5 +247,41 @@ mod tests {
         assert!(back.is_valid_at(Timestamp::from_second(1_700_000_010).expect("ts")));
         assert!(!back.is_valid_at(Timestamp::from_second(1_700_000_015).expect("ts")));
         assert!(record_from_lease(&LeaseSpec::default()).is_none());
+    }
+
+    #[test]
+    fn a_leader_never_renews_or_waits_past_its_deadline() {
+        let t0 = Instant::now();
+        let d = Duration::from_secs(15);
+        assert_eq!(
+            renewal_budget(None, t0, d),
+            d,
+            "a candidate has the whole deadline"
+        );
+        assert_eq!(
+            renewal_budget(Some(t0), t0 + Duration::from_secs(5), d),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            renewal_budget(Some(t0), t0 + Duration::from_secs(20), d),
+            Duration::ZERO
+        );
+        assert!(must_step_down(t0, t0 + d, d));
+    }
+
+    #[test]
+    fn only_changes_of_leadership_are_published() {
+        let (tx, mut rx) = watch::channel(false);
+        rx.borrow_and_update();
+        publish(&tx, true);
+        assert!(rx.has_changed().expect("open"));
+        assert!(*rx.borrow_and_update());
+        publish(&tx, true);
+        assert!(
+            !rx.has_changed().expect("open"),
+            "a renewal is not a change"
+        );
+        publish(&tx, false);
+        assert!(rx.has_changed().expect("open"));
     }
 }
