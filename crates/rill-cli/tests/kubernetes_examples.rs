@@ -151,8 +151,12 @@ fn every_kubernetes_example_runs_as_shipped() {
         });
         assert_eq!(s["restarts"], 0, "{job}: {s}");
     }
-    let s = status(&kube, "fs", "shared");
-    assert_eq!(s["lifecycleState"], "STABLE", "{s}");
+    // The session's own status follows at its next refresh.
+    let s = kube.wait("the session STABLE", Duration::from_secs(30), || {
+        let s = status(&kube, "fs", "shared");
+        (s["lifecycleState"] == "STABLE").then_some(s)
+    });
+    assert!(s["taskManagers"]["ready"].as_u64() >= Some(1), "{s}");
     for job in &jobs {
         kube.ok(&["delete", "fj", job, "--timeout=60s"]);
     }
