@@ -151,12 +151,20 @@ fn every_kubernetes_example_runs_as_shipped() {
         });
         assert_eq!(s["restarts"], 0, "{job}: {s}");
     }
-    // The session's own status follows at its next refresh.
-    let s = kube.wait("the session STABLE", Duration::from_secs(30), || {
-        let s = status(&kube, "fs", "shared");
-        (s["lifecycleState"] == "STABLE").then_some(s)
-    });
-    assert!(s["taskManagers"]["ready"].as_u64() >= Some(1), "{s}");
+    // The session's own status follows at its next refresh: it may have
+    // turned STABLE before its first TaskManager ran, and short jobs can
+    // finish before the refresh after that.
+    kube.wait(
+        "the session STABLE with a ready TaskManager and no running job",
+        Duration::from_secs(30),
+        || {
+            let s = status(&kube, "fs", "shared");
+            (s["lifecycleState"] == "STABLE"
+                && s["jobsRunning"] == 0
+                && s["taskManagers"]["ready"].as_u64() >= Some(1))
+            .then_some(())
+        },
+    );
     for job in &jobs {
         kube.ok(&["delete", "fj", job, "--timeout=60s"]);
     }
