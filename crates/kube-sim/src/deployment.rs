@@ -14,11 +14,17 @@
 //! store change and writes the result back through the same store API
 //! clients use.
 //!
-//! Simplifications (documented, deliberate): a template change scales the
-//! old ReplicaSets to zero at once rather than surging (as the `Recreate`
-//! strategy does); without a kubelet, pods stay `Pending` unless
-//! `mark_pods_ready` is set, in which case they are reported Running and
-//! Ready as soon as they exist.
+//! A template change rolls out by `spec.strategy`: `Recreate` waits until
+//! every old pod is gone (terminating ones included) before the new
+//! template's first pod, as the operator's JobManager Deployments need;
+//! `RollingUpdate` (the default, 25% surge and unavailability) steps the
+//! new ReplicaSet up and the old ones down within those bounds.
+//!
+//! Simplifications (documented, deliberate): `minReadySeconds` and
+//! `progressDeadlineSeconds` are ignored (a ready pod is available at
+//! once); without a kubelet, pods stay `Pending` unless `mark_pods_ready`
+//! is set, in which case they are reported Running and Ready as soon as
+//! they exist.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,21 +156,161 @@ fn is_ready(pod: &Value) -> bool {
         })
 }
 
-/// `maxUnavailable` resolved against `replicas` (percentages round down).
-fn max_unavailable(deploy: &Value, replicas: i64) -> i64 {
-    let v = meta::get_path(
-        deploy,
-        &["spec", "strategy", "rollingUpdate", "maxUnavailable"],
-    );
-    match v {
-        Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
-        Some(Value::String(s)) => s
-            .strip_suffix('%')
-            .and_then(|p| p.parse::<i64>().ok())
-            .map(|p| replicas * p / 100)
-            .unwrap_or(0),
-        _ => 0,
+/// How a Deployment replaces the pods of an old template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strategy {
+    /// Every old pod is gone before the first new one is created.
+    Recreate,
+    /// New pods come up while old ones go, within the surge and
+    /// unavailability bounds (resolved against `spec.replicas`).
+    RollingUpdate {
+        max_surge: i64,
+        max_unavailable: i64,
+    },
+}
+
+impl Strategy {
+    /// `spec.strategy`, with Kubernetes' defaults: `RollingUpdate` with 25%
+    /// surge (rounded up) and 25% unavailable (rounded down); when both
+    /// resolve to zero one pod may be unavailable.
+    fn of(deploy: &Value, replicas: i64) -> Strategy {
+        let strategy = meta::get_path(deploy, &["spec", "strategy"]);
+        if strategy.and_then(|s| s.get("type")).and_then(Value::as_str) == Some("Recreate") {
+            return Strategy::Recreate;
+        }
+        let bound = |field: &str, round_up: bool| {
+            let v = strategy
+                .and_then(|s| s.get("rollingUpdate"))
+                .and_then(|r| r.get(field));
+            match v {
+                Some(Value::Number(n)) => n.as_i64().unwrap_or(0).max(0),
+                Some(Value::String(s)) => s
+                    .strip_suffix('%')
+                    .and_then(|p| p.parse::<i64>().ok())
+                    .map_or(0, |p| percent_of(replicas, p, round_up)),
+                _ => percent_of(replicas, 25, round_up),
+            }
+        };
+        let (max_surge, mut max_unavailable) =
+            (bound("maxSurge", true), bound("maxUnavailable", false));
+        if max_surge == 0 && max_unavailable == 0 {
+            max_unavailable = 1;
+        }
+        Strategy::RollingUpdate {
+            max_surge,
+            max_unavailable,
+        }
     }
+
+    /// Pods that may be unready while the Deployment still counts as
+    /// Available.
+    fn max_unavailable(self, replicas: i64) -> i64 {
+        match self {
+            Strategy::Recreate => 0,
+            Strategy::RollingUpdate {
+                max_unavailable, ..
+            } => max_unavailable.min(replicas),
+        }
+    }
+}
+
+fn percent_of(replicas: i64, percent: i64, round_up: bool) -> i64 {
+    let scaled = replicas.max(0) * percent.max(0);
+    if round_up {
+        (scaled + 99) / 100
+    } else {
+        scaled / 100
+    }
+}
+
+/// What a Deployment's rollout looks at in one of its ReplicaSets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SetCounts {
+    /// `spec.replicas`.
+    replicas: i64,
+    /// Ready pods not being deleted.
+    ready: i64,
+    /// Pods still running, terminating ones included.
+    running: i64,
+}
+
+impl SetCounts {
+    fn of(rs: &Value, pods: &[Arc<Value>]) -> SetCounts {
+        let ready = live_pods(rs, pods).iter().filter(|p| is_ready(p)).count() as i64;
+        let running = pods
+            .iter()
+            .filter(|p| controls(rs, p))
+            .filter(|p| {
+                !matches!(
+                    meta::str_at(p, &["status", "phase"]),
+                    Some("Succeeded" | "Failed")
+                )
+            })
+            .count() as i64;
+        SetCounts {
+            replicas: replicas_of(rs),
+            ready,
+            running,
+        }
+    }
+}
+
+/// `Recreate`: old ReplicaSets go to zero; the current one gets
+/// `replicas` only once no old pod runs any more (`None`: leave it, or do
+/// not create it yet). Returns the old sets' targets and the current one's.
+fn plan_recreate(old: &[SetCounts], replicas: i64) -> (Vec<i64>, Option<i64>) {
+    let old_running = old.iter().any(|c| c.running > 0);
+    (vec![0; old.len()], (!old_running).then_some(replicas))
+}
+
+/// `RollingUpdate`, one step as Kubernetes takes it: scale the current
+/// ReplicaSet up as far as `max_surge` allows; when it cannot grow, scale
+/// old ones (oldest first, `old` is in revision order) down as far as
+/// `max_unavailable` allows, unready pods first. Returns the old sets'
+/// targets and the current one's (`None` only when nothing changes).
+fn plan_rolling(
+    old: &[SetCounts],
+    current: Option<SetCounts>,
+    replicas: i64,
+    max_surge: i64,
+    max_unavailable: i64,
+) -> (Vec<i64>, Option<i64>) {
+    let mut targets: Vec<i64> = old.iter().map(|c| c.replicas).collect();
+    let new_spec = current.map_or(0, |c| c.replicas);
+    let all_spec: i64 = targets.iter().sum::<i64>() + new_spec;
+    let new_target = if new_spec > replicas {
+        replicas
+    } else {
+        let room = (replicas + max_surge - all_spec).max(0);
+        new_spec + room.min(replicas - new_spec)
+    };
+    if current.is_none() || new_target != new_spec {
+        return (targets, Some(new_target));
+    }
+    let min_available = replicas - max_unavailable;
+    let new_unavailable = current.map_or(0, |c| (c.replicas - c.ready).max(0));
+    // Unready old pods go first: they add nothing to availability.
+    let mut budget = all_spec - min_available - new_unavailable;
+    for (c, t) in old.iter().zip(targets.iter_mut()) {
+        if budget <= 0 {
+            break;
+        }
+        let unready = (*t - c.ready).max(0).min(budget);
+        *t -= unready;
+        budget -= unready;
+    }
+    // Then ready ones, while enough stay available.
+    let available: i64 = old.iter().map(|c| c.ready).sum::<i64>() + current.map_or(0, |c| c.ready);
+    let mut budget = available - min_available;
+    for t in targets.iter_mut() {
+        if budget <= 0 {
+            break;
+        }
+        let down = (*t).min(budget);
+        *t -= down;
+        budget -= down;
+    }
+    (targets, Some(new_target))
 }
 
 fn condition(
@@ -316,34 +462,54 @@ pub fn plan_deployment(
         .filter(|s| controls(deploy, s) && !meta::is_deleting(s))
         .collect();
     let current = owned.iter().find(|s| hash_of(s) == Some(hash.as_str()));
-    let mut scale = Vec::new();
-    let create = match current {
-        Some(s) if replicas_of(s) != replicas => {
-            scale.push((meta::name(s).to_string(), replicas));
-            None
-        }
-        Some(_) => None,
-        None => {
-            let revision = owned.iter().map(|s| revision_of(s)).max().unwrap_or(0) + 1;
-            Some(new_replica_set(deploy, &template, &hash, revision))
-        }
-    };
     let mut old: Vec<&Arc<Value>> = owned
         .iter()
         .filter(|s| hash_of(s) != Some(hash.as_str()))
         .copied()
         .collect();
-    for s in &old {
-        if replicas_of(s) != 0 {
-            scale.push((meta::name(s).to_string(), 0));
+    old.sort_by_key(|s| revision_of(s));
+    let sets: Vec<SetCounts> = old
+        .iter()
+        .map(|s| SetCounts::of(s, pods))
+        .chain(current.map(|s| SetCounts::of(s, pods)))
+        .collect();
+    let mut scale = Vec::new();
+    let mut create = None;
+    let (old_targets, new_target) = match Strategy::of(deploy, replicas) {
+        Strategy::Recreate => plan_recreate(&sets[..old.len()], replicas),
+        Strategy::RollingUpdate {
+            max_surge,
+            max_unavailable,
+        } => plan_rolling(
+            &sets[..old.len()],
+            current.map(|_| sets[old.len()]),
+            replicas,
+            max_surge,
+            max_unavailable,
+        ),
+    };
+    for (s, target) in old.iter().zip(old_targets) {
+        if replicas_of(s) != target {
+            scale.push((meta::name(s).to_string(), target));
         }
+    }
+    match (current, new_target) {
+        (Some(s), Some(target)) if replicas_of(s) != target => {
+            scale.push((meta::name(s).to_string(), target));
+        }
+        (None, Some(target)) => {
+            let revision = owned.iter().map(|s| revision_of(s)).max().unwrap_or(0) + 1;
+            let mut rs = new_replica_set(deploy, &template, &hash, revision);
+            rs["spec"]["replicas"] = json!(target);
+            create = Some(rs);
+        }
+        _ => {}
     }
     // Old ReplicaSets that are empty go beyond the history limit, oldest first.
     let limit = meta::get_path(deploy, &["spec", "revisionHistoryLimit"])
         .and_then(Value::as_u64)
         .map_or(DEFAULT_HISTORY, |n| n as usize);
     old.retain(|s| replicas_of(s) == 0 && live_pods(s, pods).is_empty());
-    old.sort_by_key(|s| revision_of(s));
     let delete = old
         .iter()
         .take(old.len().saturating_sub(limit))
@@ -362,7 +528,7 @@ pub fn plan_deployment(
         }
     }
     let prev = deploy.get("status");
-    let available_ok = ready >= replicas - max_unavailable(deploy, replicas);
+    let available_ok = ready >= replicas - Strategy::of(deploy, replicas).max_unavailable(replicas);
     let done = current.is_some() && updated == replicas && ready == replicas && total == replicas;
     let new_set = format!("{name}-{hash}");
     let mut status = json!({
@@ -720,22 +886,48 @@ mod tests {
         assert!(p.create.is_empty());
     }
 
+    /// A pod of `rs` on its way out (`deletionTimestamp` set).
+    fn terminating(pod: &Arc<Value>) -> Arc<Value> {
+        let mut p = (**pod).clone();
+        p["metadata"]["deletionTimestamp"] = json!("t");
+        Arc::new(p)
+    }
+
     #[test]
-    fn a_template_change_scales_the_old_replica_set_to_zero_and_prunes_history() {
-        let old_d = deploy(2, "a");
+    fn recreate_starts_the_new_template_only_when_every_old_pod_is_gone() {
+        let mut old_d = deploy(2, "a");
+        old_d["spec"]["strategy"] = json!({"type": "Recreate"});
         let old = set_of(&old_d, 1);
         let pods = vec![pod_of(&old, "web-a-1", true), pod_of(&old, "web-a-2", true)];
-        let d = deploy(2, "b");
-        let p = plan_deployment(&d, std::slice::from_ref(&old), &pods, "t");
-        let new = p.create.expect("a ReplicaSet for the new template");
-        assert_eq!(new["metadata"]["annotations"][REVISION_ANNOTATION], "2");
+        let mut d = old_d.clone();
+        d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("b");
+        let sets = std::slice::from_ref(&old);
+        let p = plan_deployment(&d, sets, &pods, "t");
         assert_eq!(p.scale, vec![(meta::name(&old).to_string(), 0)]);
+        assert!(p.create.is_none(), "old pods still run");
         assert_eq!(p.status["updatedReplicas"], 0);
         assert_eq!(p.status["replicas"], 2);
-        assert!(p.delete.is_empty(), "the old set still has pods");
 
-        // Once empty, old sets beyond revisionHistoryLimit go, oldest first.
-        let mut limited = d.clone();
+        // Terminating pods still run: the new template waits for them.
+        let mut old0 = (*old).clone();
+        old0["spec"]["replicas"] = json!(0);
+        let old0 = Arc::new(old0);
+        let sets = std::slice::from_ref(&old0);
+        let going: Vec<_> = pods.iter().map(terminating).collect();
+        let p = plan_deployment(&d, sets, &going, "t");
+        assert!(p.create.is_none() && p.scale.is_empty(), "{p:?}");
+        assert_eq!(p.status["conditions"][0]["status"], "False");
+
+        let p = plan_deployment(&d, sets, &[], "t");
+        let new = p.create.expect("the new template's ReplicaSet");
+        assert_eq!(new["metadata"]["annotations"][REVISION_ANNOTATION], "2");
+        assert_eq!(new["spec"]["replicas"], 2);
+        assert!(p.delete.is_empty(), "within the history limit");
+    }
+
+    #[test]
+    fn old_empty_replica_sets_beyond_the_history_limit_go_oldest_first() {
+        let mut limited = deploy(2, "b");
         limited["spec"]["revisionHistoryLimit"] = json!(1);
         let mut sets = Vec::new();
         for (i, image) in ["x", "y", "z"].iter().enumerate() {
@@ -750,6 +942,107 @@ mod tests {
             .collect();
         assert_eq!(p.delete, names);
         assert!(p.scale.is_empty());
+    }
+
+    #[test]
+    fn rolling_update_bounds_resolve_like_kubernetes() {
+        let mut d = deploy(10, "a");
+        d["spec"]["strategy"] = json!({});
+        let s = Strategy::of(&d, 10);
+        assert_eq!(
+            s,
+            Strategy::RollingUpdate {
+                max_surge: 3,
+                max_unavailable: 2
+            },
+            "25% of 10: surge rounds up, unavailable down"
+        );
+        assert_eq!(s.max_unavailable(10), 2);
+        d["spec"]["strategy"] = json!({"rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}});
+        assert_eq!(
+            Strategy::of(&d, 10),
+            Strategy::RollingUpdate {
+                max_surge: 0,
+                max_unavailable: 1
+            },
+            "both zero would never progress"
+        );
+        d["spec"]["strategy"] = json!({"type": "Recreate"});
+        assert_eq!(Strategy::of(&d, 10).max_unavailable(10), 0);
+    }
+
+    /// Rolls `from` to `to` step by step (a created pod turns ready one step
+    /// later, a deleted one is gone at once), checking the bounds at every
+    /// step; returns the steps taken.
+    fn roll(from: &Value, to: &Value, surge: i64, unavailable: i64) -> usize {
+        let replicas = replicas_of(to);
+        let first = set_of(from, 1);
+        let mut sets = vec![first.clone()];
+        let mut pods: Vec<Arc<Value>> = (0..replicas)
+            .map(|i| pod_of(&first, &format!("old-{i}"), true))
+            .collect();
+        let mut serial = 0;
+        for step in 1..=50 {
+            // Pods created last step are ready now.
+            pods = pods
+                .iter()
+                .map(|p| pod_of(&owner_of(&sets, p), meta::name(p), true))
+                .collect();
+            let plan = plan_deployment(to, &sets, &pods, "t");
+            if let Some(mut rs) = plan.create {
+                rs["metadata"]["uid"] = json!(format!("rs-{step}"));
+                sets.push(Arc::new(rs));
+            }
+            for (name, n) in plan.scale {
+                let at = sets.iter().position(|s| meta::name(s) == name).unwrap();
+                let mut rs = (*sets[at]).clone();
+                rs["spec"]["replicas"] = json!(n);
+                sets[at] = Arc::new(rs);
+            }
+            for rs in &sets {
+                let p = plan_replica_set(rs, &pods);
+                pods.retain(|x| !p.delete.iter().any(|d| d == meta::name(x)));
+                for _ in p.create {
+                    serial += 1;
+                    pods.push(pod_of(rs, &format!("new-{serial}"), false));
+                }
+            }
+            let ready = pods.iter().filter(|p| is_ready(p)).count() as i64;
+            assert!(
+                pods.len() as i64 <= replicas + surge,
+                "step {step}: {} pods",
+                pods.len()
+            );
+            assert!(
+                ready >= replicas - unavailable,
+                "step {step}: {ready} ready"
+            );
+            let hash = template_hash(&to["spec"]["template"]);
+            let done = pods.len() as i64 == replicas
+                && pods.iter().all(|p| hash_of(p) == Some(hash.as_str()));
+            if done {
+                return step;
+            }
+        }
+        panic!("the rollout did not finish in 50 steps");
+    }
+
+    fn owner_of(sets: &[Arc<Value>], pod: &Value) -> Value {
+        (**sets.iter().find(|s| controls(s, pod)).expect("an owner")).clone()
+    }
+
+    #[test]
+    fn a_rolling_update_replaces_pods_within_surge_and_unavailability() {
+        // 25% of 4: one extra pod, one unavailable.
+        let steps = roll(&deploy(4, "a"), &deploy(4, "b"), 1, 1);
+        assert!(steps > 2, "the rollout goes in steps, took {steps}");
+        // No surge: old pods go first, one at a time.
+        let mut to = deploy(3, "b");
+        to["spec"]["strategy"] = json!({"rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}});
+        roll(&deploy(3, "a"), &to, 0, 1);
+        // No unavailability: new pods must be ready before old ones go.
+        to["spec"]["strategy"] = json!({"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}});
+        roll(&deploy(3, "a"), &to, 1, 0);
     }
 
     #[test]
