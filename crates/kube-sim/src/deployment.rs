@@ -267,7 +267,7 @@ fn plan_recreate(old: &[SetCounts], replicas: i64) -> (Vec<i64>, Option<i64>) {
 /// ReplicaSet up as far as `max_surge` allows; when it cannot grow, scale
 /// old ones (oldest first, `old` is in revision order) down as far as
 /// `max_unavailable` allows, unready pods first. Returns the old sets'
-/// targets and the current one's (`None` only when nothing changes).
+/// targets and the current one's.
 fn plan_rolling(
     old: &[SetCounts],
     current: Option<SetCounts>,
