@@ -468,21 +468,17 @@ pub fn plan_deployment(
         .copied()
         .collect();
     old.sort_by_key(|s| revision_of(s));
-    let sets: Vec<SetCounts> = old
-        .iter()
-        .map(|s| SetCounts::of(s, pods))
-        .chain(current.map(|s| SetCounts::of(s, pods)))
-        .collect();
+    let old_counts: Vec<SetCounts> = old.iter().map(|s| SetCounts::of(s, pods)).collect();
     let mut scale = Vec::new();
     let mut create = None;
     let (old_targets, new_target) = match Strategy::of(deploy, replicas) {
-        Strategy::Recreate => plan_recreate(&sets[..old.len()], replicas),
+        Strategy::Recreate => plan_recreate(&old_counts, replicas),
         Strategy::RollingUpdate {
             max_surge,
             max_unavailable,
         } => plan_rolling(
-            &sets[..old.len()],
-            current.map(|_| sets[old.len()]),
+            &old_counts,
+            current.map(|s| SetCounts::of(s, pods)),
             replicas,
             max_surge,
             max_unavailable,

@@ -295,6 +295,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Whether `key` is one of [`KEYS`].
+pub fn is_key(key: &str) -> bool {
+    KEYS.iter().any(|(k, _, _)| *k == key)
+}
+
 /// A set of configuration keys and values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Configuration {
@@ -307,7 +312,7 @@ impl Configuration {
     }
 
     fn check_key(key: &str) -> Result<()> {
-        if KEYS.iter().any(|(k, _, _)| *k == key) {
+        if is_key(key) {
             Ok(())
         } else {
             Err(Error::Config(format!("unknown configuration key '{key}'")))

@@ -388,7 +388,7 @@ pub fn validate(spec: &ClusterSpec) -> Result<()> {
         }
         // The JobManager refuses unknown keys at start; saying so here
         // beats a crash-looping pod.
-        if !rill_api::config::KEYS.iter().any(|(k, _, _)| k == key) {
+        if !rill_api::config::is_key(key) {
             return Err(Error::InvalidSpec(format!(
                 "flinkConfiguration.{key} is not a configuration key Rill knows"
             )));
